@@ -1,0 +1,175 @@
+"""The `squeezegen` command line: one command per pipeline stage, plus tools.
+
+Each stage command calls the same `main` that the DVC stage script `stages/<stage>.py` calls.
+Mistakes a user can fix (bad params, missing files, bad arguments) print one clear message and
+exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from squeezegen.errors import UserError
+
+app = typer.Typer(
+    name="squeezegen",
+    help="Make image generation fit in very little memory, reproducibly (run from the project root).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOpt = typer.Option("params.yaml", "--params", help="params file to read")
+ProfileOpt = typer.Option(None, "--profile", help="override `profile:` (toy | full)")
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a UserError into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def _run_stage(stage: str, params: str, profile: Optional[str]) -> None:
+    module = importlib.import_module(f"squeezegen.stages.{stage}")
+    metrics = module.main(params=params, profile=profile)
+    if metrics:
+        typer.echo(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+
+
+def _stage_command(stage: str, summary: str) -> None:
+    def command(params: str = ParamsOpt, profile: Optional[str] = ProfileOpt) -> None:
+        _run_stage(stage, params, profile)
+
+    command.__doc__ = summary
+    app.command(name=stage.replace("_", "-"), help=summary)(_friendly(command))
+
+
+for _stage, _summary in [
+    ("fetch_data", "Stage fetch_data: synthetic art, LAPIS or a folder → data/raw/."),
+    ("preprocess", "Stage preprocess: validate, caption, resize, split → data/processed/."),
+    ("fetch_base", "Stage fetch_base: SD 1.5 from the hub (or a tiny SD built locally) → models/base/."),
+    ("finetune_lora", "Stage finetune_lora: LoRA on the UNet attention → models/lora/."),
+    ("quantize", "Stage quantize: fuse LoRA, UNet → GGUF Q4_K, CLIP → int8 → models/quantized/."),
+    ("benchmark", "Stage benchmark: peak memory, speed and drift per configuration → reports/benchmark/."),
+    ("train_rqvae", "Stage train_rqvae: residual-quantized VAE → models/rqvae/."),
+    ("train_refiner", "Stage train_refiner: detail-restoring UNet (L1 + LPIPS) → models/refiner/."),
+    ("evaluate", "Stage evaluate: compare both branches → reports/report.md, metrics/evaluate.json."),
+]:
+    _stage_command(_stage, _summary)
+
+
+@app.command()
+@_friendly
+def config(params: str = ParamsOpt, profile: Optional[str] = ProfileOpt) -> None:
+    """Print the resolved config (top-level method knobs + the profile's scale knobs)."""
+    from squeezegen.config import dump_config, load_config
+
+    typer.echo(dump_config(load_config(params, profile=profile)), nl=False)
+
+
+@app.command()
+@_friendly
+def generate(
+    prompt: str = typer.Argument(..., help="text prompt"),
+    out: Path = typer.Option(Path("generated.png"), "--out", help="PNG file to write"),
+    seed: int = typer.Option(0, "--seed", help="sampling seed"),
+    base: Path = typer.Option(Path("models/base"), "--base", help="diffusers pipeline folder"),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA folder (pytorch_lora_weights.safetensors)"),
+    compressed: bool = typer.Option(False, "--compressed", help="GGUF Q4_K UNet + 8-bit CLIP + CPU VAE"),
+    quantized: Path = typer.Option(Path("models/quantized"), "--quantized", help="folder from the quantize stage"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="sampling steps (default: sd.infer_steps)"),
+    size: Optional[int] = typer.Option(None, "--size", help="image size in px (default: data.sd_size)"),
+    params: str = ParamsOpt,
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """Generate an image with the base pipeline (+ LoRA), or the compressed one."""
+    from squeezegen.config import load_config
+
+    cfg = load_config(params, profile=profile)
+    steps = steps or cfg.sd.infer_steps
+    size = size or cfg.data.sd_size
+    for label, folder in [("--base", base), ("--lora", lora)] + ([("--quantized", quantized)] if compressed else []):
+        if folder is not None and not folder.exists():
+            raise UserError(f"{label} {folder}: not found; run `dvc repro` (or the matching stage) first")
+    if compressed:
+        from squeezegen.sd.compressed import generate_compressed
+
+        image, peaks = generate_compressed(
+            prompt, base_dir=base, quant_dir=quantized, seed=seed, steps=steps, size=size,
+            guidance_scale=cfg.benchmark.guidance_scale, compute_dtype=cfg.benchmark.compute_dtype,
+        )
+        typer.echo("peak memory: " + ", ".join(f"{k}={_fmt_bytes(v)}" for k, v in peaks.items() if isinstance(v, (int, float))))
+    else:
+        from squeezegen.sd.generate import generate as generate_image
+
+        image = generate_image(base, prompt, lora_dir=lora, seed=seed, steps=steps, size=size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+@_friendly
+def reconstruct(
+    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="image to encode and decode"),
+    levels: Optional[int] = typer.Option(None, "--levels", help="residual levels to decode with (default: all)"),
+    out: Path = typer.Option(Path("reconstructed.png"), "--out", help="PNG file to write"),
+    refine: bool = typer.Option(False, "--refine", help="add the refiner's detail"),
+    rqvae: Path = typer.Option(Path("models/rqvae"), "--rqvae", help="RQ-VAE folder"),
+    refiner: Path = typer.Option(Path("models/refiner"), "--refiner", help="refiner folder"),
+) -> None:
+    """Encode an image to RQ codes and decode it with the first k levels (+ refiner)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from squeezegen.rq.train import reconstruct_image
+
+    for label, folder in [("--rqvae", rqvae)] + ([("--refiner", refiner)] if refine else []):
+        if not folder.exists():
+            raise UserError(f"{label} {folder}: not found; run `dvc repro train_refiner` first")
+    try:
+        img = Image.open(image).convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{image}: not a readable image ({exc})") from None
+    result = reconstruct_image(img, rqvae_dir=rqvae, levels=levels, refiner_dir=refiner if refine else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.save(out)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+@_friendly
+def inspect(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="a .gguf file"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """List a GGUF file's tensors: type, shape, bytes, and the effective bits per weight."""
+    from squeezegen.quant.gguf_io import format_summary, summarize_gguf
+
+    summary = summarize_gguf(path)
+    typer.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,187 @@
+"""One MLflow run per stage execution, and one helper for `metrics/<name>.json`.
+
+The default store is `sqlite:///<repo root>/mlflow.db` with an absolute path, so runs made in
+DVC's temporary experiment folders land in the same database; `MLFLOW_TRACKING_URI` overrides
+it (a shared server, say). Every run is tagged with its stage, profile, git commit, the DVC
+experiment name and a `pipeline_run` id shared by all stages one `dvc repro` / `dvc exp run`
+executes, so `mlflow ui` can group them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from squeezegen.config import STAGE_SECTIONS, Config
+from squeezegen.files import atomic_write_json
+
+EXPERIMENT = "squeezegen"
+METRICS_DIR = Path("metrics")
+log = logging.getLogger(__name__)
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The project root: the nearest folder above `start` holding params.yaml (else cwd).
+
+    Inside `dvc exp run` temporary folders this is the temporary copy; the MLflow store then
+    follows DVC's own pointer back to the real repo (see `tracking_uri`).
+    """
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return here
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """`MLFLOW_TRACKING_URI`, else an absolute sqlite store in the main repository root."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    root = root or repo_root()
+    # `dvc exp run --temp/--queue` executes in .dvc/tmp/exps/...; keep one store per repo.
+    parts = root.parts
+    if ".dvc" in parts:
+        root = Path(*parts[: parts.index(".dvc")])
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested dicts/lists → `{"a.b": 1.0, "c.0": 2.0}`, keeping numbers only (MLflow metrics)."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat.update(flatten({str(i): v for i, v in enumerate(value)}, f"{name}."))
+        elif isinstance(value, bool):
+            flat[name] = float(value)
+        elif isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
+            flat[name] = float(value)
+    return flat
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _proc_start(pid: int) -> str:
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return "0"
+
+
+def pipeline_run_id() -> str:
+    """An id shared by every stage of one `dvc repro` / `dvc exp run`.
+
+    `SQUEEZEGEN_PIPELINE_RUN` wins; otherwise the nearest ancestor process whose command line
+    runs dvc (its pid and start time), so all stages DVC launches in one go share it.
+    """
+    if explicit := os.environ.get("SQUEEZEGEN_PIPELINE_RUN"):
+        return explicit
+    pid = os.getpid()
+    for _ in range(16):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            break
+        if any(os.path.basename(part) in (b"dvc",) or part.endswith(b"/dvc") for part in cmdline[:3]) or (
+            len(cmdline) > 2 and cmdline[1:3] == [b"-m", b"dvc"]
+        ):
+            key = f"{ppid}-{_proc_start(ppid)}"
+            return hashlib.sha1(key.encode()).hexdigest()[:12]
+        if ppid <= 1:
+            break
+        pid = ppid
+    return hashlib.sha1(f"{os.getpid()}-{time.time_ns()}".encode()).hexdigest()[:12]
+
+
+@dataclass
+class StageRun:
+    """Handle for the active stage: metrics file + MLflow logging from one dict."""
+
+    stage: str
+    cfg: Config
+    root: Path
+    run_id: str | None = None
+    _mlflow: Any = field(default=None, repr=False)
+
+    def write_metrics(self, name: str, metrics: Mapping[str, Any]) -> Path:
+        """Write `metrics/<name>.json` atomically and log the same flattened numbers to MLflow."""
+        path = self.root / METRICS_DIR / f"{name}.json"
+        atomic_write_json(path, metrics)
+        if self._mlflow is not None:
+            flat = flatten(metrics)
+            if flat:
+                self._mlflow.log_metrics(flat)
+            self._mlflow.log_artifact(str(path), artifact_path="metrics")
+        return path
+
+    def log_step(self, step: int, values: Mapping[str, Any]) -> None:
+        """Log per-step numbers (loss curves) to MLflow."""
+        if self._mlflow is not None:
+            flat = flatten(values)
+            if flat:
+                self._mlflow.log_metrics(flat, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Log a file (picture, table, report) to this stage's MLflow run."""
+        if self._mlflow is not None and Path(path).exists():
+            if Path(path).is_dir():
+                self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            else:
+                self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[StageRun]:
+    """Open one MLflow run for `stage`, tagged and with that stage's params logged.
+
+    Set `SQUEEZEGEN_MLFLOW=0` to skip MLflow entirely (metrics files are still written).
+    """
+    root = root or repo_root()
+    if os.environ.get("SQUEEZEGEN_MLFLOW", "1") == "0":
+        yield StageRun(stage, cfg, root)
+        return
+    import mlflow  # imported here: it is slow to import and only stages need it
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri(root))
+    mlflow.set_experiment(EXPERIMENT)
+    tags = {
+        "stage": stage,
+        "profile": cfg.profile,
+        "git_commit": _git_commit(root),
+        "pipeline_run": pipeline_run_id(),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+    }
+    with mlflow.start_run(run_name=stage, tags=tags) as active:
+        params = {"seed": cfg.seed, "profile": cfg.profile}
+        for section, values in cfg.section_dict(*STAGE_SECTIONS.get(stage, ())).items():
+            params.update({f"{section}.{k}": v for k, v in _flatten_params(values).items()})
+        mlflow.log_params(params)
+        yield StageRun(stage, cfg, root, active.info.run_id, mlflow)
+
+
+def _flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
