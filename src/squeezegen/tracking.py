@@ -160,7 +160,12 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
     import mlflow  # imported here: it is slow to import and only stages need it
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri(root))
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        # artifacts next to the default store (absolute), not wherever the stage happens to run
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri() if uri.startswith("sqlite:///") else None
+        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     mlflow.set_experiment(EXPERIMENT)
     tags = {
         "stage": stage,
