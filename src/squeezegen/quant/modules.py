@@ -1,0 +1,152 @@
+"""Linear and Conv2d layers that keep GGUF-packed weights resident and dequantize in forward.
+
+The packed bytes are a uint8 buffer named `weight` (so `.to(device)` moves them and the
+state-dict key stays `<module>.weight`, as in diffusers); each forward decodes them to the
+input's dtype, restores the true shape and calls F.linear / F.conv2d. diffusers' own GGUF
+loader only swaps nn.Linear, so the conv variant (and Q4_K convs stored as rows of 256) is ours.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from torch import nn
+
+from squeezegen.quant.q4k import dequantize_q4_k_torch
+
+FLOAT_QTYPES = (GGMLQuantizationType.F16, GGMLQuantizationType.F32)
+
+
+def dequantize_q8_0_torch(packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Q8_0 bytes uint8 [..., 34·n] → dtype [..., 32·n].
+
+    Written here because no torch library decodes Q8_0: each block is an fp16 scale d followed
+    by 32 int8 values q, and a weight is d·q.
+    """
+    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0]
+    lead = packed.shape[:-1]
+    blocks = packed.reshape(-1, type_size)  # [n_blocks, 2 + 32]
+    scale = blocks[:, :2].contiguous().view(torch.float16).to(dtype)  # [n_blocks, 1]
+    quants = blocks[:, 2:].contiguous().view(torch.int8).to(dtype)  # [n_blocks, 32]
+    return (scale * quants).reshape(*lead, -1)  # [..., 32·n]
+
+
+def dequantize_torch(
+    packed: torch.Tensor, qtype: GGMLQuantizationType, shape: torch.Size | tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """Decode a stored GGUF tensor (uint8 bytes, or floats for F16/F32) to `dtype` of `shape`."""
+    if qtype in FLOAT_QTYPES:
+        weight = packed.to(dtype)
+    elif qtype == GGMLQuantizationType.Q8_0:
+        weight = dequantize_q8_0_torch(packed, dtype)
+    elif qtype == GGMLQuantizationType.Q4_K:
+        weight = dequantize_q4_k_torch(packed, dtype)
+    else:
+        raise NotImplementedError(f"no torch decoder for GGUF type {qtype.name}")
+    return weight.reshape(shape)
+
+
+class GGUFWeightModule(nn.Module):
+    """Shared part of the dequantizing layers: a packed `weight` buffer and a float `bias`."""
+
+    def __init__(
+        self,
+        *,
+        packed: torch.Tensor,
+        qtype: GGMLQuantizationType,
+        weight_shape: tuple[int, ...],
+        bias: torch.Tensor | None,
+    ) -> None:
+        super().__init__()
+        self.qtype = GGMLQuantizationType(qtype)
+        self.weight_shape = torch.Size(weight_shape)
+        self.register_buffer("weight", packed)
+        if bias is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(bias, requires_grad=False)
+
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight decoded to `dtype`, in its true shape."""
+        return dequantize_torch(self.weight, self.qtype, self.weight_shape, dtype)
+
+    def _bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"qtype={self.qtype.name}, weight_shape={tuple(self.weight_shape)}, bias={self.bias is not None}"
+
+
+class GGUFLinear(GGUFWeightModule):
+    """nn.Linear whose weight is stored packed and decoded on each call."""
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, *, packed: torch.Tensor, qtype: GGMLQuantizationType
+    ) -> "GGUFLinear":
+        """Replace `linear`'s weight by `packed`; its bias is kept (possibly still on meta)."""
+        return cls(packed=packed, qtype=qtype, weight_shape=tuple(linear.weight.shape), bias=linear.bias)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight_shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.dequantized_weight(x.dtype)  # [out, in]
+        return F.linear(x, weight, self._bias(x.dtype))  # [..., out]
+
+
+class GGUFConv2d(GGUFWeightModule):
+    """nn.Conv2d whose weight is stored packed (often as rows of 256) and decoded on each call."""
+
+    def __init__(
+        self,
+        *,
+        packed: torch.Tensor,
+        qtype: GGMLQuantizationType,
+        weight_shape: tuple[int, ...],
+        bias: torch.Tensor | None,
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] | str = (0, 0),
+        dilation: tuple[int, int] = (1, 1),
+        groups: int = 1,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__(packed=packed, qtype=qtype, weight_shape=weight_shape, bias=bias)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.padding_mode = padding_mode
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, *, packed: torch.Tensor, qtype: GGMLQuantizationType) -> "GGUFConv2d":
+        """Replace `conv`'s weight by `packed`, keeping its geometry and bias."""
+        return cls(
+            packed=packed,
+            qtype=qtype,
+            weight_shape=tuple(conv.weight.shape),
+            bias=conv.bias,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            padding_mode=conv.padding_mode,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.dequantized_weight(x.dtype)  # [out, in/groups, kh, kw]
+        padding = self.padding
+        if self.padding_mode != "zeros":  # as nn.Conv2d does: pad explicitly, then convolve unpadded
+            ph, pw = self.padding
+            x = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode)
+            padding = (0, 0)
+        return F.conv2d(x, weight, self._bias(x.dtype), self.stride, padding, self.dilation, self.groups)
+
+
+def module_resident_bytes(model: nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers (packed weights count at their packed size)."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -1,0 +1,247 @@
+"""GGUF side of the compressed UNet: tensor policy, writer, reader, inspect summary, bad files."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from accelerate import init_empty_weights
+from diffusers import UNet2DConditionModel
+from gguf import GGUFReader
+from gguf import quants as gguf_quants
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
+
+from squeezegen.errors import ConfigError, UserError
+from squeezegen.quant.gguf_io import read_gguf, summarize_gguf, format_summary, write_unet_gguf
+from squeezegen.quant.modules import dequantize_torch
+from squeezegen.quant.policy import QuantPolicy, choose_type
+
+TINY_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    cross_attention_dim=256,  # attn2.to_k / to_v have 256 inputs: whole Q4_K rows
+    sample_size=8,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+CONV3 = "down_blocks.0.resnets.0.conv1.weight"  # (32, 32, 3, 3)
+TO_K = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"  # (32, 256)
+
+
+@pytest.fixture(scope="module")
+def tiny_state_dict() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**TINY_UNET).state_dict()
+
+
+@pytest.fixture(scope="module")
+def q4k_file(tmp_path_factory, tiny_state_dict):
+    path = tmp_path_factory.mktemp("gguf") / "unet.gguf"
+    metadata = {"base_model": "tiny-sd", "lora_sha256": "ab" * 32, "steps": 3}
+    report = write_unet_gguf(path, tiny_state_dict, policy=QuantPolicy(), metadata=metadata, progress=False)
+    return path, report
+
+
+# --- policy -----------------------------------------------------------------------------------
+
+
+def test_policy_keeps_embeddings_io_convs_norms_and_biases(tiny_state_dict):
+    policy = QuantPolicy()
+    plans = {name: choose_type(name, t.shape, policy) for name, t in tiny_state_dict.items()}
+    for name, plan in plans.items():
+        kept = (
+            name.startswith(("time_embedding.", "conv_in.", "conv_out."))
+            or "norm" in name
+            or name.endswith(".bias")
+            or math.prod(tiny_state_dict[name].shape) <= policy.min_elements
+        )
+        assert (plan.qtype == T.F16) == kept, (name, plan)
+    assert plans["time_embedding.linear_2.weight"].qtype == T.F16  # 128×128 would fit Q4_K otherwise
+
+
+def test_policy_reshapes_convs_into_rows_and_records_shape(tiny_state_dict):
+    plan = choose_type(CONV3, tiny_state_dict[CONV3].shape, QuantPolicy())
+    assert plan.qtype == T.Q4_K
+    assert plan.stored_shape == (32 * 32 * 9 // 256, 256) and plan.orig_shape == (32, 32, 3, 3)
+    linear = choose_type(TO_K, tiny_state_dict[TO_K].shape, QuantPolicy())
+    assert (linear.qtype, linear.stored_shape, linear.orig_shape) == (T.Q4_K, (32, 256), None)
+    assert plan.nbytes == plan.n_params // 256 * GGML_QUANT_SIZES[T.Q4_K][1]
+
+
+@pytest.mark.parametrize(
+    ("shape", "policy", "expected"),
+    [
+        ((64, 3, 3, 3), QuantPolicy(), (T.Q8_0, (54, 32), (64, 3, 3, 3))),  # 1728: rows of 32, not 256
+        ((36, 96), QuantPolicy(), (T.Q8_0, (36, 96), None)),  # 3456 elements, rows of 96
+        ((40, 27), QuantPolicy(), (T.F16, (40, 27), None)),  # 1080: no whole blocks at all
+        ((64, 3, 3, 3), QuantPolicy(fallback_type="F32"), (T.F32, (64, 3, 3, 3), None)),
+        ((32, 32, 3, 3), QuantPolicy(reshape_convs=False), (T.F16, (32, 32, 3, 3), None)),
+        ((40, 96), QuantPolicy(reshape_convs=False), (T.Q8_0, (40, 96), None)),
+        ((40, 96), QuantPolicy(), (T.Q4_K, (15, 256), (40, 96))),
+        ((32, 32, 3, 3), QuantPolicy(unet_type="Q8_0"), (T.Q8_0, (288, 32), (32, 32, 3, 3))),
+        ((32, 32, 3, 3), QuantPolicy(unet_type="F16"), (T.F16, (32, 32, 3, 3), None)),
+        ((32, 32), QuantPolicy(min_elements=0), (T.Q4_K, (4, 256), (32, 32))),
+        ((32, 32), QuantPolicy(), (T.F16, (32, 32), None)),  # 1024 elements: at the size limit
+        ((512,), QuantPolicy(keep_type="F32"), (T.F32, (512,), None)),
+    ],
+)
+def test_policy_fallbacks(shape, policy, expected):
+    plan = choose_type("down_blocks.1.some.weight", shape, policy)
+    assert (plan.qtype, plan.stored_shape, plan.orig_shape) == expected
+    assert math.prod(plan.stored_shape) == math.prod(shape)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"unet_type": "Q4_0"}, {"fallback_type": "Q4_K"}, {"keep_type": "Q8_0"}, {"keep_patterns": ("(",)}]
+)
+def test_policy_rejects_bad_values(kwargs):
+    with pytest.raises(ConfigError):
+        QuantPolicy(**kwargs)
+
+
+def test_policy_on_sd15_architecture_meets_size_targets():
+    """SD 1.5's UNet (built on the meta device, no weights): ≥95% of params Q4_K, ≤0.55 GB."""
+    with init_empty_weights():
+        unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    plans = [choose_type(name, t.shape, QuantPolicy()) for name, t in unet.state_dict().items()]
+    n_params = sum(p.n_params for p in plans)
+    q4k = sum(p.n_params for p in plans if p.qtype == T.Q4_K)
+    assert q4k / n_params >= 0.95
+    assert sum(p.nbytes for p in plans) <= 0.55e9
+    assert all(p.qtype == T.F16 for p in plans if p.name.startswith("time_embedding."))
+
+
+# --- writer and reader --------------------------------------------------------------------------
+
+
+def test_round_trip_decodes_identically_with_gguf(q4k_file, tiny_state_dict):
+    path, report = q4k_file
+    tensors, _ = read_gguf(path)
+    assert list(tensors) == list(tiny_state_dict)
+    records = {r.name: r for r in report.tensors}
+    for name, original in tiny_state_dict.items():
+        t = tensors[name]
+        assert t.shape == tuple(original.shape)
+        assert t.qtype.name == records[name].qtype
+        oracle = gguf_quants.dequantize(np.array(t.data), t.qtype).reshape(t.shape)  # the format oracle
+        ours = dequantize_torch(torch.from_numpy(np.array(t.data)), t.qtype, t.shape, torch.float32)
+        np.testing.assert_array_equal(ours.numpy(), oracle)
+        x = original.numpy()
+        err, norm = np.linalg.norm(x - oracle), np.linalg.norm(x)
+        rel = err / norm if norm > 0 else err  # zero-initialised biases
+        assert rel == pytest.approx(records[name].rel_rmse, rel=1e-4, abs=1e-7)
+        assert rel < (0.12 if t.quantized else 1e-3), name
+
+
+def test_file_follows_comfy_conventions_read_by_plain_gguf_reader(q4k_file, tiny_state_dict):
+    path, _ = q4k_file
+    reader = GGUFReader(path)
+    by_name = {t.name: t for t in reader.tensors}
+    conv = by_name[CONV3]
+    assert conv.tensor_type == T.Q4_K and list(conv.shape) == [256, 36]  # ggml order: rows of 256
+    field = reader.get_field(f"comfy.gguf.orig_shape.{CONV3}")
+    assert field.contents() == [32, 32, 3, 3]
+    assert reader.get_field("general.architecture").contents() == "sd1"
+    assert reader.get_field(f"comfy.gguf.orig_shape.{TO_K}") is None
+
+
+def test_metadata_present(q4k_file):
+    path, _ = q4k_file
+    _, metadata = read_gguf(path)
+    assert metadata["squeezegen.base_model"] == "tiny-sd"
+    assert metadata["squeezegen.lora_sha256"] == "ab" * 32
+    assert metadata["squeezegen.steps"] == 3
+    assert metadata["squeezegen.key_format"] == "diffusers"
+    assert QuantPolicy(**json.loads(metadata["squeezegen.policy"])) == QuantPolicy()
+    assert not any(key.startswith("comfy.gguf.orig_shape.") for key in metadata)
+
+
+def test_reserved_metadata_keys_are_refused(tmp_path, tiny_state_dict):
+    with pytest.raises(ValueError, match="policy"):
+        write_unet_gguf(tmp_path / "x.gguf", tiny_state_dict, metadata={"policy": "mine"}, progress=False)
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_report_totals_and_manifest(q4k_file, tiny_state_dict):
+    path, report = q4k_file
+    n_params = sum(t.numel() for t in tiny_state_dict.values())
+    assert report.n_params == n_params and report.bytes_fp16 == 2 * n_params
+    assert report.bytes_gguf == path.stat().st_size
+    assert report.bytes_tensors < report.bytes_gguf < report.bytes_fp16
+    assert 4.5 < report.bpw < 16
+    q4k_params = sum(r.n_params for r in report.tensors if r.qtype == "Q4_K")
+    assert report.q4k_fraction == pytest.approx(q4k_params / n_params)
+    assert 0 < report.rel_rmse_mean <= report.rel_rmse_max < 0.12
+    manifest = report.manifest()
+    assert set(manifest["tensors"]) == set(tiny_state_dict)
+    assert sum(t["bytes"] for t in manifest["tensors"].values()) == report.bytes_tensors
+    assert manifest["tensors"][CONV3] == {**manifest["tensors"][CONV3], "type": "Q4_K", "shape": [32, 32, 3, 3]}
+    json.dumps(manifest, allow_nan=False)  # goes to manifest.json as is
+
+
+def test_summary_matches_report(q4k_file):
+    path, report = q4k_file
+    summary = summarize_gguf(path)
+    assert summary["n_params"] == report.n_params
+    assert summary["by_type"] == report.counts_by_type()
+    assert summary["bits_per_weight"] == pytest.approx(report.bpw)
+    assert 4.5 < summary["bits_per_weight"] < 16
+    text = format_summary(summary, max_tensors=3)
+    assert "Q4_K" in text and "squeezegen.base_model = tiny-sd" in text and "more tensors" in text
+
+
+def test_f16_policy_stores_exact_half_precision(tmp_path, tiny_state_dict):
+    path = tmp_path / "f16.gguf"
+    report = write_unet_gguf(path, tiny_state_dict, policy=QuantPolicy(unet_type="F16"), progress=False)
+    assert report.q4k_fraction == 0 and report.bpw == 16
+    tensors, _ = read_gguf(path)
+    np.testing.assert_array_equal(tensors[CONV3].data, tiny_state_dict[CONV3].half().numpy())
+
+
+# --- bad files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_truncated_files_are_refused(q4k_file, tmp_path):
+    path, _ = q4k_file
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    for size in (0, 3, 16, 40, 300, len(raw) // 3, len(raw) // 2, len(raw) - 200):
+        cut.write_bytes(raw[:size])
+        with pytest.raises(UserError, match="GGUF"):
+            read_gguf(cut)
+
+
+@pytest.mark.timeout(60)
+def test_garbage_wrong_magic_and_missing_files_are_refused(q4k_file, tmp_path):
+    path, _ = q4k_file
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(UserError, match="not a GGUF file"):
+        read_gguf(bad)
+    bad.write_bytes(b"GGML" + path.read_bytes()[4:])
+    with pytest.raises(UserError, match="not a GGUF file"):
+        read_gguf(bad)
+    with pytest.raises(UserError, match="does not exist"):
+        read_gguf(tmp_path / "absent.gguf")
+
+
+@pytest.mark.timeout(30)
+def test_corrupt_array_length_fails_fast(q4k_file, tmp_path):
+    """gguf's reader would loop ~2^60 times over a corrupt array length; we refuse at once."""
+    path, _ = q4k_file
+    raw = bytearray(path.read_bytes())
+    key = f"comfy.gguf.orig_shape.{CONV3}".encode()
+    at = raw.index(key) + len(key) + 4 + 4  # skip value type (ARRAY) and item type (INT32)
+    assert struct.unpack_from("<Q", raw, at)[0] == 4
+    struct.pack_into("<Q", raw, at, 1 << 60)
+    bad = tmp_path / "corrupt.gguf"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="not a complete GGUF file"):
+        read_gguf(bad)
