@@ -1,0 +1,132 @@
+"""Plain (uncompressed) text-to-image with a base pipeline folder and an optional LoRA adapter,
+plus the labelled before/after sample grid of the LoRA stage.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image, ImageDraw, ImageFont
+
+from squeezegen.data.captions import GENRES, STYLES, caption_for
+from squeezegen.errors import UserError
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sample_prompts(n: int, template: str = "{caption}") -> list[str]:
+    """`n` fixed LAPIS-style prompts: styles spread over the style list, genres cycling."""
+    return [template.format(caption=caption_for(STYLES[i * len(STYLES) // n], GENRES[i % len(GENRES)])) for i in range(n)]
+
+
+def load_pipeline(
+    base_dir: str | os.PathLike, *, lora_dir: str | os.PathLike | None = None, device: str | None = None
+) -> StableDiffusionPipeline:
+    """The pipeline in `base_dir` (fp16 on CUDA, fp32 on CPU), with the LoRA in `lora_dir` loaded if given.
+
+    The adapter stays separate (not fused): `pipe.set_adapters(...)` can still weigh it.
+    """
+    device = device or default_device()
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    if not (Path(base_dir) / "model_index.json").is_file():
+        raise UserError(f"{base_dir}: not a diffusers pipeline folder (no model_index.json); run the fetch_base stage first")
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(base_dir), dtype=dtype, safety_checker=None, requires_safety_checker=False
+    )
+    if lora_dir is not None:
+        if not Path(lora_dir).is_dir() or not any(Path(lora_dir).glob("*.safetensors")):
+            raise UserError(f"{lora_dir}: no LoRA weights (*.safetensors) there; run the finetune_lora stage first")
+        pipe.load_lora_weights(str(lora_dir))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def run_pipeline(
+    pipe: StableDiffusionPipeline, prompt: str, *, seed: int, steps: int, size: int, guidance_scale: float = 7.5
+) -> Image.Image:
+    """One image from a loaded pipeline; the noise comes from a CPU generator seeded with `seed`.
+
+    A CPU generator makes the starting noise the same on every device. Prompts longer than the
+    tokenizer's limit (77 tokens) are truncated by the pipeline, with a warning.
+    """
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return pipe(
+        prompt, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator
+    ).images[0]
+
+
+def generate(
+    base_dir: str | os.PathLike,
+    prompt: str,
+    *,
+    lora_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    steps: int = 25,
+    size: int = 512,
+    guidance_scale: float = 7.5,
+    device: str | None = None,
+) -> Image.Image:
+    """Text → PIL image with the base pipeline (+ LoRA). Loads the models from disk on every call."""
+    if size % 8:
+        raise UserError(f"image size must be a multiple of 8 (the VAE downsamples 8×), got {size}")
+    pipe = load_pipeline(base_dir, lora_dir=lora_dir, device=device)
+    return run_pipeline(pipe, prompt, seed=seed, steps=steps, size=size, guidance_scale=guidance_scale)
+
+
+def before_after_grid(
+    base_dir: str | os.PathLike,
+    lora_dir: str | os.PathLike,
+    prompts: Sequence[str],
+    *,
+    seed: int,
+    steps: int,
+    size: int,
+    guidance_scale: float = 7.5,
+    device: str | None = None,
+) -> Image.Image:
+    """A labelled grid: one column per prompt (seed + column index), row 1 base, row 2 base + LoRA."""
+    pipe = load_pipeline(base_dir, lora_dir=lora_dir, device=device)
+    rows = []
+    for weight in (0.0, 1.0):  # the adapter at weight 0 is exactly the base model
+        pipe.set_adapters(pipe.get_active_adapters(), adapter_weights=[weight] * len(pipe.get_active_adapters()))
+        rows.append([
+            run_pipeline(pipe, prompt, seed=seed + i, steps=steps, size=size, guidance_scale=guidance_scale)
+            for i, prompt in enumerate(prompts)
+        ])
+    return labelled_grid(rows, row_labels=["base", "base + LoRA"], col_labels=list(prompts))
+
+
+def labelled_grid(rows: list[list[Image.Image]], *, row_labels: Sequence[str], col_labels: Sequence[str]) -> Image.Image:
+    """Paste equal-size images into a grid with a label column on the left and wrapped captions on top."""
+    cell = max(rows[0][0].size[0], 128)  # small toy images are shown upscaled so captions fit above them
+    font = ImageFont.load_default()
+    captions = [_wrap(text, cell // 6) for text in col_labels]
+    label_w, line_h = 90, 12
+    caption_h = line_h * max(c.count("\n") + 1 for c in captions) + 6
+    grid = Image.new("RGB", (label_w + cell * len(rows[0]), caption_h + cell * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, text in enumerate(captions):
+        draw.multiline_text((label_w + c * cell + 3, 2), text, fill="black", font=font, spacing=2)
+    for r, (label, images) in enumerate(zip(row_labels, rows)):
+        draw.text((4, caption_h + r * cell + cell // 2 - 6), label, fill="black", font=font)
+        for c, image in enumerate(images):
+            grid.paste(image.resize((cell, cell), Image.NEAREST), (label_w + c * cell, caption_h + r * cell))
+    return grid
+
+
+def _wrap(text: str, width: int) -> str:
+    """Greedy word wrap at `width` characters."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "\n".join([*lines, line])

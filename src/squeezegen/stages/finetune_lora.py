@@ -1,0 +1,86 @@
+"""finetune_lora: LoRA on the base UNet's attention, trained on `data/processed` (image_sd, caption).
+
+Outputs: `models/lora/pytorch_lora_weights.safetensors` (adapter only, diffusers format),
+`metrics/lora.json`, `metrics/lora_loss.csv` (step,loss) and `reports/lora/samples.png`
+(base vs base + LoRA at the same prompts and seeds). Resumable checkpoints go to
+`checkpoints/finetune_lora/` (not a DVC output) and are deleted on success.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from squeezegen.config import load_config
+from squeezegen.tracking import stage_run
+
+PROCESSED_DIR = Path("data/processed")
+BASE_DIR = Path("models/base")
+LORA_DIR = Path("models/lora")
+CHECKPOINT_DIR = Path("checkpoints/finetune_lora")
+LOSS_CSV = Path("metrics/lora_loss.csv")
+SAMPLES = Path("reports/lora/samples.png")
+
+
+def main(params: str = "params.yaml", profile: str | None = None) -> dict:
+    import datasets
+
+    from squeezegen.errors import UserError
+    from squeezegen.files import atomic_path, atomic_write_text
+    from squeezegen.sd.generate import before_after_grid, sample_prompts
+    from squeezegen.sd.lora import LoraSettings, lora_fingerprint, train_lora
+    from squeezegen.train import cleanup_checkpoints, make_accelerator
+
+    cfg = load_config(params, profile=profile)
+    lora = cfg.lora
+    if not (PROCESSED_DIR / "dataset_dict.json").is_file():
+        raise UserError(f"{PROCESSED_DIR}: no processed dataset; run the preprocess stage first")
+    if not (BASE_DIR / "model_index.json").is_file():
+        raise UserError(f"{BASE_DIR}: no base pipeline; run the fetch_base stage first")
+    settings = LoraSettings(
+        rank=lora.rank, alpha=lora.alpha, target_modules=lora.target_modules, lr=lora.lr, max_steps=lora.max_steps,
+        batch_size=lora.batch_size, checkpoint_every=lora.checkpoint_every, seed=cfg.seed, resolution=cfg.data.sd_size,
+        lr_scheduler=lora.lr_scheduler, warmup_steps=lora.warmup_steps, weight_decay=lora.weight_decay,
+        max_grad_norm=lora.max_grad_norm, grad_accum=lora.grad_accum, min_snr_gamma=lora.min_snr_gamma,
+        mixed_precision=lora.mixed_precision, gradient_checkpointing=lora.gradient_checkpointing,
+        use_8bit_adam=lora.use_8bit_adam, num_workers=lora.num_workers, prompt_template=cfg.sd.prompt_template,
+    )
+    with stage_run("finetune_lora", cfg) as run:
+        train_split = datasets.load_from_disk(str(PROCESSED_DIR))["train"]
+        accelerator = make_accelerator(settings.loop_settings())
+        fingerprint = lora_fingerprint(
+            settings=settings, base_dir=BASE_DIR, data_files=[f["filename"] for f in train_split.cache_files]
+        )
+        result = train_lora(
+            base_dir=BASE_DIR, dataset=train_split, settings=settings, out_dir=LORA_DIR, checkpoint_dir=CHECKPOINT_DIR,
+            fingerprint=fingerprint, accelerator=accelerator, on_log=run.log_step,
+        )
+        if not accelerator.is_main_process:
+            return {}
+        history = result.train.history
+        rows = [f"{h['step']},{h['loss']:.6g}" for h in history]
+        atomic_write_text(LOSS_CSV, "step,loss\n" + "\n".join(rows) + "\n")
+
+        grid = before_after_grid(
+            BASE_DIR, LORA_DIR, sample_prompts(lora.sample_prompts, cfg.sd.prompt_template), seed=cfg.seed,
+            steps=cfg.sd.infer_steps, size=cfg.data.sd_size, device=str(accelerator.device),
+        )
+        with atomic_path(SAMPLES) as tmp:
+            grid.save(tmp, format="PNG")
+        run.log_artifact(SAMPLES, "pictures")
+        metrics = {
+            "trainable_params": result.trainable_params,
+            "total_params": result.total_params,
+            "final_loss": history[-1]["loss"],
+            "steps": len(history),
+            "steps_per_s": round(result.train.steps_per_s, 4),
+            "peak_mem_bytes": result.train.peak_mem_bytes,
+            "seconds": round(result.train.seconds, 2),
+            "resumed_from_step": result.train.resumed_from_step,
+        }
+        run.write_metrics("lora", metrics)
+        cleanup_checkpoints(CHECKPOINT_DIR)
+    print(
+        f"finetune_lora: {metrics['trainable_params']:,} trainable of {metrics['total_params']:,} UNet params, "
+        f"final loss {metrics['final_loss']:.4f} → {LORA_DIR}"
+    )
+    return metrics
