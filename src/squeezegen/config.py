@@ -243,11 +243,11 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "preprocess": ("data",),
     "fetch_base": ("sd",),
     "finetune_lora": ("sd", "lora"),
-    "quantize": ("quantize",),
-    "benchmark": ("sd", "benchmark"),
+    "quantize": ("sd", "quantize"),
+    "benchmark": ("sd", "quantize", "benchmark"),
     "train_rqvae": ("rqvae",),
     "train_refiner": ("rqvae", "refiner"),
-    "evaluate": ("evaluate",),
+    "evaluate": ("sd", "benchmark", "evaluate"),
 }
 
 

@@ -1,0 +1,325 @@
+"""Benchmark the memory configurations: peak memory, seconds per image and drift from fp16.
+
+Each configuration is built, warmed up with one image, then timed on `repeats` images (batch 1,
+one prompt/seed each; seeds and initial noise are the same for every configuration). Peaks are
+measured around the timed images only (see `compressed.generate`), after the previous
+configuration was freed.
+
+Isolation: on a CPU each configuration runs in its own child process (forked from a
+forkserver that has imported torch and diffusers once), because glibc keeps freed heap pages
+mapped, so a second configuration in the same process would inherit the first one's resident
+set. On CUDA the caching allocator's counters are exact and `empty_cache()` returns its blocks,
+so configurations run one after another in this process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import multiprocessing
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from squeezegen.data.captions import GENRES, STYLES, caption_for
+from squeezegen.memory import device_name, free_memory
+from squeezegen.sd.compressed import CONFIGS, build_pipeline, generate
+
+REFERENCE = "fp16"
+WARMUP_SEED_OFFSET = 10_000  # the warm-up image's seed: far from the timed ones
+# Imported once by the forkserver, so each configuration's child starts without import time
+# (diffusers and transformers import their model classes lazily, on first use).
+PRELOAD = (
+    "torch",
+    "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+    "diffusers.models.autoencoders.autoencoder_kl",
+    "diffusers.models.unets.unet_2d_condition",
+    "transformers.models.clip.modeling_clip",
+    "peft",
+    "bitsandbytes",
+    "squeezegen.sd.benchmark",
+    "squeezegen.quant.unet_loader",
+    "squeezegen.quant.int8",
+)
+
+
+def benchmark_prompts(n: int) -> list[str]:
+    """`n` LAPIS-style prompts, fixed (style and genre stepped through their lists)."""
+    return [caption_for(STYLES[(7 * i) % len(STYLES)], GENRES[i % len(GENRES)]) for i in range(n)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkJob:
+    """Everything one configuration's run needs (picklable, for the child process)."""
+
+    base_dir: str
+    lora_dir: str | None
+    quant_dir: str | None
+    device: str
+    compute_dtype: str
+    seed: int
+    steps: int
+    size: int
+    guidance: float
+    repeats: int
+
+    def timed_inputs(self) -> tuple[list[str], list[int]]:
+        prompts = benchmark_prompts(self.repeats)
+        return prompts, [self.seed + i for i in range(self.repeats)]
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
+    """Build, warm up and time one configuration in this process.
+
+    Returns {"metrics": JSON-ready numbers, "images": PNG bytes (warm-up first, then timed)}.
+    """
+    device = torch.device(job.device)
+    free_memory(device)
+    bundle = build_pipeline(
+        config_name,
+        base_dir=job.base_dir,
+        lora_dir=job.lora_dir,
+        quant_dir=job.quant_dir,
+        device=device,
+        compute_dtype=job.compute_dtype,
+    )
+    resident = bundle.resident_bytes()
+    prompts, seeds = job.timed_inputs()
+    common = dict(steps=job.steps, size=job.size, guidance=job.guidance)
+    warmup = generate(bundle, prompts[:1], [job.seed + WARMUP_SEED_OFFSET], **common)
+    timed = generate(bundle, prompts, seeds, **common)
+    peak = timed.peak()
+    load = bundle.load_peak
+    metrics = {
+        "device_name": peak["device_name"],
+        "device": str(device),
+        "compute_dtype": str(bundle.dtype).removeprefix("torch."),
+        "vae_device": str(bundle.vae_device),
+        "peak_bytes": peak["peak_bytes"],
+        "peak_allocated": peak["peak_allocated"],
+        "peak_reserved": peak["peak_reserved"],
+        "peak_rss": peak["peak_rss"],
+        "baseline_rss": load.start_rss if load else None,  # process RSS before loading anything
+        "allocated_before_load": load.start_allocated if load else None,  # CUDA: left over from before (should be ~0)
+        "rss_method": peak["rss_method"],
+        "load_peak_bytes": load.peak_bytes if load else None,
+        "load_seconds": bundle.load_seconds,
+        "resident_bytes": {name: entry["bytes"] for name, entry in resident.items()},
+        "weights_bytes": resident["total"]["bytes"],
+        "phases": {
+            name: {key: p[key] for key in ("peak_bytes", "peak_allocated", "peak_reserved", "peak_rss")}
+            for name, p in peak["phases"].items()
+        },
+        "warmup_seconds": warmup.seconds[0],
+        "seconds_per_image": float(np.mean(timed.seconds)),
+        "seconds": timed.seconds,
+    }
+    if metrics["peak_rss"] is not None and metrics["baseline_rss"] is not None:
+        metrics["peak_rss_above_baseline"] = metrics["peak_rss"] - metrics["baseline_rss"]
+    images = [_png(im) for im in (*warmup.images, *timed.images)]
+    del bundle, warmup, timed
+    free_memory(device)
+    return {"metrics": metrics, "images": images}
+
+
+def _isolated_executor() -> concurrent.futures.ProcessPoolExecutor:
+    """A one-process pool forked from a forkserver that preloaded torch + diffusers."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))
+    return concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+
+
+def run_configs(configs: Sequence[str], job: BenchmarkJob, *, isolate: bool | None = None) -> dict[str, dict]:
+    """`run_config` for each configuration, in order; `isolate` (default: on a CPU) runs each
+    in a fresh child process (see the module doc). Results keyed by configuration."""
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown configurations {unknown}; known: {CONFIGS}")
+    isolate = torch.device(job.device).type == "cpu" if isolate is None else isolate
+    results = {}
+    for name in configs:
+        if isolate:
+            with _isolated_executor() as pool:  # a new child per configuration
+                results[name] = pool.submit(run_config, name, job).result()
+        else:
+            results[name] = run_config(name, job)
+    return results
+
+
+# ---------------------------------------------------------------------------- drift
+
+
+def _to_tensor(png: bytes) -> torch.Tensor:
+    array = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) in [0, 1]
+
+
+def image_drift(
+    images: dict[str, list[bytes]], *, reference: str = REFERENCE, lpips_net: torch.nn.Module | None = None,
+    lpips_name: str = "lpips",
+) -> dict[str, dict[str, float]]:
+    """Per configuration: mean PSNR (dB, capped at 100 for identical images) and LPIPS of its
+    images against the reference configuration's images at the same prompt and seed.
+
+    Also, under `reference`: the same numbers between two of its own images that share a prompt
+    but not a seed (warm-up vs first timed image) — the scale drift should be read against.
+    """
+    from squeezegen.metrics import lpips_distance, psnr
+
+    def compare(a: list[bytes], b: list[bytes]) -> dict[str, float]:
+        x = torch.cat([_to_tensor(p) for p in a])  # (N, 3, H, W)
+        y = torch.cat([_to_tensor(p) for p in b])
+        out = {"psnr": float(psnr(x, y, value_range=(0.0, 1.0)).mean())}
+        if lpips_net is not None:
+            with torch.no_grad():
+                out[lpips_name] = float(lpips_distance(lpips_net, 2 * x - 1, 2 * y - 1).mean())
+        return out
+
+    ref = images[reference]
+    drift = {name: compare(imgs, ref) for name, imgs in images.items() if name != reference}
+    if len(ref) >= 2:
+        drift[reference] = {f"{k}_other_seed": v for k, v in compare(ref[:1], ref[1:2]).items()}
+    return drift
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def summarize(
+    results: dict[str, dict], drift: dict[str, dict[str, float]], *, arch: str, job: BenchmarkJob,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """metrics/benchmark.json: one entry per configuration (+ ratios vs fp16 and drift), plus
+    the device, architecture and settings."""
+    ref = results[REFERENCE]["metrics"]
+    out: dict[str, Any] = {}
+    for name, result in results.items():
+        m = dict(result["metrics"])
+        m.update(drift.get(name, {}))
+        m["peak_mem_ratio"] = m["peak_bytes"] / ref["peak_bytes"] if ref["peak_bytes"] else None
+        m["weights_ratio"] = m["weights_bytes"] / ref["weights_bytes"] if ref["weights_bytes"] else None
+        if "peak_rss_above_baseline" in m and ref.get("peak_rss_above_baseline"):
+            m["rss_above_baseline_ratio"] = m["peak_rss_above_baseline"] / ref["peak_rss_above_baseline"]
+        m["speed_ratio"] = m["seconds_per_image"] / ref["seconds_per_image"] if ref["seconds_per_image"] else None
+        out[name] = m
+    out.update(
+        device=ref["device_name"],
+        device_type=torch.device(job.device).type,
+        arch=arch,
+        peak_metric="peak_allocated" if torch.device(job.device).type == "cuda" else "peak_rss",
+        settings={k: v for k, v in asdict(job).items() if k not in ("base_dir", "lora_dir", "quant_dir")},
+        configs=list(results),
+    )
+    out.update(extra or {})
+    return out
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def _mib(n: float | None) -> str:
+    return "—" if n is None else f"{n / 2**20:,.1f}"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def memory_table(summary: dict[str, Any], lpips_name: str = "lpips") -> str:
+    """The benchmark as a markdown table (MiB = 2^20 bytes)."""
+    cuda = summary["device_type"] == "cuda"
+    peak_label = "peak allocated (MiB)" if cuda else "peak RSS (MiB)"
+    head = [
+        "configuration", peak_label, "vs fp16", "peak reserved (MiB)" if cuda else "RSS above start (MiB)",
+        "weights resident (MiB)", "s / image", "PSNR vs fp16 (dB)", f"{lpips_name} vs fp16",
+    ]
+    lines = [
+        f"Device: {summary['device']} · arch: {summary['arch']} · {summary['settings']['size']} px, "
+        f"{summary['settings']['steps']} steps, guidance {summary['settings']['guidance']}, batch 1",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name in summary["configs"]:
+        m = summary[name]
+        row = [
+            f"`{name}`",
+            _mib(m["peak_bytes"]),
+            _num(m["peak_mem_ratio"], ".2f"),
+            _mib(m["peak_reserved"] if cuda else m.get("peak_rss_above_baseline")),
+            _mib(m["weights_bytes"]),
+            _num(m["seconds_per_image"], ".2f"),
+            _num(m.get("psnr"), ".1f"),
+            _num(m.get(lpips_name), ".3f"),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    ref = summary.get(REFERENCE, {})
+    if "psnr_other_seed" in ref:
+        lines += ["", f"Scale: two fp16 images of the same prompt with different seeds differ by "
+                      f"PSNR {ref['psnr_other_seed']:.1f} dB."]
+    if not cuda:
+        lines += ["", "CPU: peak RSS is the whole process (Python and libraries included; "
+                      f"measured with {summary[summary['configs'][0]]['rss_method']}); weights resident are exact tensor bytes."]
+    return "\n".join(lines) + "\n"
+
+
+def memory_chart(summary: dict[str, Any], path: str) -> None:
+    """Grouped bars per configuration: peak memory (+ reserved on CUDA) and resident weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = summary["configs"]
+    cuda = summary["device_type"] == "cuda"
+    series = [("peak allocated" if cuda else "peak RSS", [summary[n]["peak_bytes"] for n in names])]
+    if cuda:
+        series.append(("peak reserved", [summary[n]["peak_reserved"] or 0 for n in names]))
+    series.append(("weights resident", [summary[n]["weights_bytes"] for n in names]))
+    x = np.arange(len(names))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(2.2 * len(names) + 2, 4.5))
+    for i, (label, values) in enumerate(series):
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, np.array(values) / 2**20, width, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    labels = [n.replace("_int8_clip", "\n+ int8 clip").replace("_cpu_vae", "\n+ cpu vae") for n in names]
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("MiB")
+    ax.set_title(f"{summary['arch']} · {summary['settings']['size']} px · {summary['device']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def samples_strip(images: dict[str, list[bytes]], path: str, *, index: int = 1) -> None:
+    """One image per configuration (the first timed one), side by side, labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 3.0), squeeze=False)
+    for ax, (name, pngs) in zip(axes[0], images.items()):
+        ax.imshow(Image.open(io.BytesIO(pngs[min(index, len(pngs) - 1)])).convert("RGB"))
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def memory_csv(summary: dict[str, Any]) -> str:
+    """`config,peak_bytes,weights_bytes` rows for the DVC bar plot."""
+    rows = ["config,peak_bytes,weights_bytes"]
+    rows += [f"{n},{summary[n]['peak_bytes']},{summary[n]['weights_bytes']}" for n in summary["configs"]]
+    return "\n".join(rows) + "\n"

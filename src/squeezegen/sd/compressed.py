@@ -1,0 +1,411 @@
+"""Assemble a Stable Diffusion pipeline per memory configuration, and generate with a memory probe.
+
+Configurations (each adds one saving to the previous):
+
+- `fp16`: the base pipeline with the LoRA fused in, everything on the device in half precision
+  (fp32 on a CPU, where half precision is slow and not what a CPU user would run);
+- `q4k_unet`: the UNet from `quant_dir/unet.gguf` (LoRA already fused in by the quantize stage),
+  its Linear and Conv2d weights kept packed and dequantized layer by layer; the rest as fp16;
+- `q4k_unet_int8_clip`: + the 8-bit CLIP text encoder from `quant_dir/text_encoder/`;
+- `q4k_unet_int8_clip_cpu_vae`: + the VAE kept on the CPU in fp32: latents are generated on the
+  device (`output_type="latent"`), moved to the CPU and decoded there.
+
+The prompt is encoded separately (`pipe.encode_prompt`) and the embeddings are cast to the
+UNet's compute dtype: the 8-bit text encoder returns its own dtype. Initial noise comes from a
+CPU generator, so every configuration and device starts from the same latents for a seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from squeezegen.errors import UserError
+from squeezegen.memory import PeakMemory, component_bytes, free_memory, measure_peak
+
+CONFIGS = ("fp16", "q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_clip_cpu_vae")
+GGUF_NAME = "unet.gguf"
+TEXT_ENCODER_DIR = "text_encoder"
+PHASES = ("encode", "denoise", "decode")
+
+
+def default_device() -> torch.device:
+    """The first GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(device: str | torch.device, compute_dtype: str | torch.dtype) -> torch.dtype:
+    """The dtype a configuration computes in: `compute_dtype` on a GPU, float32 on a CPU."""
+    if torch.device(device).type == "cpu":
+        return torch.float32
+    return getattr(torch, compute_dtype) if isinstance(compute_dtype, str) else compute_dtype
+
+
+@dataclass
+class PipelineBundle:
+    """A pipeline built for one configuration, and where its parts live."""
+
+    name: str
+    pipe: Any  # diffusers.StableDiffusionPipeline
+    device: torch.device
+    dtype: torch.dtype
+    vae_device: torch.device
+    vae_dtype: torch.dtype
+    load_seconds: float = 0.0
+    load_peak: PeakMemory | None = None
+
+    def resident_bytes(self) -> dict[str, dict[str, Any]]:
+        """Exact bytes of the tensors each component keeps resident (see memory.component_bytes)."""
+        return component_bytes(self.pipe)
+
+
+@dataclass
+class Generation:
+    """Images from `generate`, the peak memory of each phase, and the seconds per image."""
+
+    images: list[Image.Image]
+    seconds: list[float]
+    phase_peaks: dict[str, PeakMemory] = field(default_factory=dict)
+
+    def peak(self) -> dict[str, Any]:
+        """Worst case over phases: peak allocated/reserved (CUDA), peak RSS, and per-phase peaks."""
+        peaks = list(self.phase_peaks.values())
+
+        def worst(attr: str) -> int | None:
+            values = [getattr(p, attr) for p in peaks if getattr(p, attr) is not None]
+            return max(values) if values else None
+
+        first = peaks[0] if peaks else None
+        return {
+            "device": first.device if first else "",
+            "device_name": first.device_name if first else "",
+            "peak_allocated": worst("peak_allocated"),
+            "peak_reserved": worst("peak_reserved"),
+            "peak_rss": worst("peak_rss"),
+            "peak_bytes": max((p.peak_bytes for p in peaks), default=0),
+            "rss_method": first.method if first else "",
+            "phases": {name: p.as_dict() for name, p in self.phase_peaks.items()},
+        }
+
+
+def _check_dir(path: Path, what: str, hint: str) -> Path:
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found; {hint}")
+    return path
+
+
+def _load_sd_pipeline(base_dir: Path, dtype: torch.dtype, **components: Any) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(
+        base_dir,
+        dtype=dtype,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+        **components,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """diffusers/transformers progress bars per component are noise inside a benchmark."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
+def _fuse_lora(pipe: Any, lora_dir: Path) -> None:
+    """Merge the LoRA into the UNet weights and drop the adapter modules (what quantize does too)."""
+    pipe.load_lora_weights(lora_dir)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+
+
+def _cast_unquantized(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast the float parameters and buffers of an 8-bit model (embeddings, norms, biases) to `dtype`.
+
+    The pipeline casts prompt embeddings to `text_encoder.dtype` (its first float parameter), so
+    that must be the UNet's compute dtype; and loading the 8-bit model with dtype=float32 leaves
+    embeddings and norms in fp16 next to fp32 biases, so it is loaded in fp16 and cast here.
+    The int8 weights and their fp32 row scales are untouched.
+    """
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.dtype.is_floating_point and tensor.dtype != dtype:
+            tensor.data = tensor.data.to(dtype)
+    return model
+
+
+def build_pipeline(
+    config_name: str,
+    *,
+    base_dir: str | os.PathLike,
+    lora_dir: str | os.PathLike | None = None,
+    quant_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    compute_dtype: str | torch.dtype = "float16",
+) -> PipelineBundle:
+    """Build the pipeline of configuration `config_name` (one of CONFIGS; see the module doc).
+
+    base_dir: a diffusers StableDiffusionPipeline folder (tokenizer, scheduler, VAE, text encoder
+    and, for fp16, the UNet). lora_dir: LoRA weights fused into the fp16 UNet (the q4k UNet already
+    has them). quant_dir: the quantize stage's folder (unet.gguf, text_encoder/). The load is
+    measured with `measure_peak` (bundle.load_peak). Raises UserError for a missing folder.
+    """
+    from squeezegen.quant.int8 import load_text_encoder_int8
+    from squeezegen.quant.unet_loader import load_gguf_unet
+
+    if config_name not in CONFIGS:
+        raise UserError(f"unknown pipeline configuration {config_name!r}; choose one of {', '.join(CONFIGS)}")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = resolve_dtype(device, compute_dtype)
+    base_dir = _check_dir(Path(base_dir), "base pipeline folder", "run `dvc repro fetch_base` first")
+    cpu_vae = config_name.endswith("_cpu_vae")
+    vae_device, vae_dtype = (torch.device("cpu"), torch.float32) if cpu_vae else (device, dtype)
+
+    free_memory(device)
+    start = time.perf_counter()
+    with measure_peak(device) as load_peak, _quiet_loading():
+        if config_name == "fp16":
+            pipe = _load_sd_pipeline(base_dir, dtype)
+            if lora_dir is not None:
+                _fuse_lora(pipe, _check_dir(Path(lora_dir), "LoRA folder", "run `dvc repro finetune_lora` first"))
+            pipe.to(device)
+        else:
+            if quant_dir is None:
+                raise UserError(f"configuration {config_name} needs quant_dir (the quantize stage's output folder)")
+            quant_dir = _check_dir(Path(quant_dir), "quantized model folder", "run `dvc repro quantize` first")
+            gguf = _check_dir(quant_dir / GGUF_NAME, "GGUF UNet", "run `dvc repro quantize` first")
+            components: dict[str, Any] = {
+                "unet": load_gguf_unet(gguf, config=base_dir, device=device, compute_dtype=dtype)
+            }
+            if "int8_clip" in config_name:
+                te_dir = _check_dir(quant_dir / TEXT_ENCODER_DIR, "8-bit text encoder", "run `dvc repro quantize` first")
+                text_encoder = load_text_encoder_int8(te_dir, device=str(device), dtype=torch.float16)
+                components["text_encoder"] = _cast_unquantized(text_encoder, dtype)
+            if cpu_vae:
+                from diffusers import AutoencoderKL
+
+                components["vae"] = AutoencoderKL.from_pretrained(
+                    base_dir, subfolder="vae", dtype=vae_dtype, local_files_only=True
+                )
+            pipe = _load_sd_pipeline(base_dir, dtype, **components)
+            # Move only what from_pretrained loaded on the CPU; the GGUF UNet and the 8-bit
+            # text encoder are already placed, and the CPU VAE stays where it is.
+            for name in ("text_encoder", "vae"):
+                if name not in components:
+                    getattr(pipe, name).to(device)
+        pipe.set_progress_bar_config(disable=True)
+    return PipelineBundle(
+        name=config_name,
+        pipe=pipe,
+        device=device,
+        dtype=dtype,
+        vae_device=vae_device,
+        vae_dtype=vae_dtype,
+        load_seconds=time.perf_counter() - start,
+        load_peak=load_peak,
+    )
+
+
+def _encode(bundle: PipelineBundle, prompt: str, guidance: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cond, uncond = bundle.pipe.encode_prompt(
+        prompt, bundle.device, num_images_per_prompt=1, do_classifier_free_guidance=guidance > 1.0
+    )
+    cast = lambda t: None if t is None else t.to(bundle.device, bundle.dtype)  # noqa: E731
+    return cast(cond), cast(uncond)  # (1, 77, 768) each for SD 1.5
+
+
+def _decode(bundle: PipelineBundle, latents: torch.Tensor) -> Image.Image:
+    vae = bundle.pipe.vae
+    latents = latents.to(bundle.vae_device, bundle.vae_dtype) / vae.config.scaling_factor  # (1, 4, h/8, w/8)
+    image = vae.decode(latents, return_dict=False)[0]  # (1, 3, h, w) in [-1, 1]
+    return bundle.pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
+
+
+@torch.inference_mode()
+def generate(
+    bundle: PipelineBundle,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    size: int,
+    guidance: float = 7.5,
+) -> Generation:
+    """One image per (prompt, seed) pair, batch size 1, with the peak memory of each phase.
+
+    Phases: `encode` (text encoder), `denoise` (UNet loop, latents out), `decode` (VAE on
+    `bundle.vae_device`). Each phase's peak is the worst over all images; `seconds` holds the
+    wall time of each image (synchronized on CUDA).
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    images, seconds = [], []
+    phase_peaks: dict[str, PeakMemory] = {}
+
+    def keep_worst(name: str, peak: PeakMemory) -> None:
+        if name not in phase_peaks or peak.peak_bytes > phase_peaks[name].peak_bytes:
+            phase_peaks[name] = peak
+
+    for prompt, seed in zip(prompts, seeds):
+        start = time.perf_counter()
+        with measure_peak(bundle.device) as peak:
+            cond, uncond = _encode(bundle, prompt, guidance)
+        keep_worst("encode", peak)
+        with measure_peak(bundle.device) as peak:
+            latents = bundle.pipe(
+                prompt_embeds=cond,
+                negative_prompt_embeds=uncond,
+                height=size,
+                width=size,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=torch.Generator("cpu").manual_seed(int(seed)),
+                output_type="latent",
+                return_dict=False,
+            )[0]  # (1, 4, size/8, size/8)
+            del cond, uncond
+        keep_worst("denoise", peak)
+        with measure_peak(bundle.device) as peak:  # on CUDA, a CPU VAE's decode shows in peak_rss
+            images.append(_decode(bundle, latents))
+            del latents
+        keep_worst("decode", peak)
+        if bundle.device.type == "cuda":
+            torch.cuda.synchronize(bundle.device)
+        seconds.append(time.perf_counter() - start)
+    return Generation(images=images, seconds=seconds, phase_peaks=phase_peaks)
+
+
+def generate_compressed(
+    prompt: str,
+    *,
+    base_dir: str | os.PathLike,
+    quant_dir: str | os.PathLike,
+    seed: int = 0,
+    steps: int = 25,
+    size: int = 512,
+    guidance_scale: float = 7.5,
+    compute_dtype: str | torch.dtype = "float16",
+    config_name: str = "q4k_unet_int8_clip_cpu_vae",
+    device: str | torch.device | None = None,
+) -> tuple[Image.Image, dict[str, Any]]:
+    """One image from the compressed pipeline (default: Q4_K UNet + 8-bit CLIP + CPU VAE).
+
+    Returns (image, peaks): peaks has `peak_allocated` / `peak_reserved` (CUDA) and `peak_rss`
+    (bytes) over the generation, `weights_bytes` resident, the device, and per-phase details.
+    """
+    bundle = build_pipeline(
+        config_name, base_dir=base_dir, quant_dir=quant_dir, device=device, compute_dtype=compute_dtype
+    )
+    result = generate(bundle, [prompt], [seed], steps=steps, size=size, guidance=guidance_scale)
+    peaks = result.peak()
+    peaks["weights_bytes"] = bundle.resident_bytes()["total"]["bytes"]
+    return result.images[0], peaks
+
+
+# ---------------------------------------------------------------------------- making the files
+
+
+def fused_unet_state_dict(base_dir: str | os.PathLike, lora_dir: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+    """The base UNet's state dict in fp32 on the CPU, with the LoRA (if any) fused into the weights.
+
+    Loads the whole pipeline because diffusers' `load_lora_weights` lives on the pipeline; after
+    `fuse_lora` + `unload_lora_weights` the keys are the plain UNet's again (what the GGUF holds).
+    """
+    with _quiet_loading():
+        pipe = _load_sd_pipeline(Path(base_dir), torch.float32)
+        if lora_dir is not None:
+            _fuse_lora(pipe, Path(lora_dir))
+    state = {k: v.detach().contiguous() for k, v in pipe.unet.state_dict().items()}
+    del pipe
+    return state
+
+
+def quantize_pipeline(
+    base_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    policy: Any,
+    lora_dir: str | os.PathLike | None = None,
+    text_encoder_8bit: bool = True,
+    metadata: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write `out_dir/` = unet.gguf (LoRA fused, `policy`) + text_encoder/ (8-bit, or an fp16 copy
+    when `text_encoder_8bit` is false) + manifest.json, atomically as one folder.
+
+    `device` is where bitsandbytes quantizes the text encoder (default: cuda if available).
+    Returns (metrics, manifest): metrics are the flat numbers of `metrics/quantize.json`.
+    """
+    from transformers import CLIPTextModel
+
+    from squeezegen.files import atomic_path, atomic_write_json
+    from squeezegen.memory import module_bytes
+    from squeezegen.quant.gguf_io import write_unet_gguf
+    from squeezegen.quant.int8 import quantize_text_encoder_int8
+
+    base_dir = Path(base_dir)
+    device = torch.device(device) if device is not None else default_device()
+    start = time.perf_counter()
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        state = fused_unet_state_dict(base_dir, lora_dir)
+        report = write_unet_gguf(tmp / GGUF_NAME, state, policy=policy, metadata=metadata or {}, progress=progress)
+        del state
+        unet_seconds = time.perf_counter() - start
+
+        fp16_te = CLIPTextModel.from_pretrained(base_dir, subfolder="text_encoder", dtype=torch.float16)
+        te_fp16_bytes = module_bytes(fp16_te)["bytes"]
+        te_int8_bytes = None
+        if text_encoder_8bit:
+            int8_te = quantize_text_encoder_int8(fp16_te, tmp / TEXT_ENCODER_DIR, device=str(device))
+            te_int8_bytes = module_bytes(int8_te)["bytes"]
+            del int8_te
+        else:
+            fp16_te.save_pretrained(tmp / TEXT_ENCODER_DIR)
+        del fp16_te
+
+        totals = report.metrics()
+        metrics = {
+            "unet_bytes_fp16": report.bytes_fp16,
+            "unet_bytes_gguf": report.bytes_gguf,
+            "unet_compression_ratio": totals["compression_ratio"],
+            "unet_bpw": report.bpw,
+            "q4k_fraction": report.q4k_fraction,
+            "rel_rmse_mean": report.rel_rmse_mean,
+            "rel_rmse_max": report.rel_rmse_max,
+            "unet_tensors_by_type": totals["by_type"],
+            "unet_quantize_seconds": unet_seconds,
+            "quantize_seconds": time.perf_counter() - start,
+            "text_encoder_8bit": text_encoder_8bit,
+            "text_encoder_bytes_fp16": te_fp16_bytes,
+            "text_encoder_bytes_int8": te_int8_bytes,
+        }
+        manifest = report.manifest()
+        manifest["text_encoder"] = {
+            "format": "bitsandbytes-int8" if text_encoder_8bit else "fp16",
+            "bytes_fp16": te_fp16_bytes,
+            "bytes_resident": te_int8_bytes if text_encoder_8bit else te_fp16_bytes,
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return metrics, manifest

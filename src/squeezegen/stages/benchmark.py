@@ -1,0 +1,76 @@
+"""benchmark: peak memory, seconds per image and drift from fp16, per pipeline configuration.
+
+arch `pipeline`: models/base + models/lora + models/quantized. arch `sd15`: an SD 1.5-architecture
+pipeline with random weights, written and quantized into a temporary folder here, so real-scale
+memory is measured anywhere. Writes metrics/benchmark.json (keyed by configuration),
+metrics/benchmark_memory.csv and reports/benchmark/ (memory.png, samples.png, table.md).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from squeezegen.config import load_config
+from squeezegen.errors import UserError
+from squeezegen.stages.quantize import BASE_DIR, LORA_DIR, QUANT_DIR, quant_policy
+from squeezegen.tracking import stage_run
+
+REPORT_DIR = Path("reports/benchmark")
+MEMORY_CSV = Path("metrics/benchmark_memory.csv")
+
+
+def main(params: str = "params.yaml", profile: str | None = None) -> dict:
+    from squeezegen.files import atomic_path, atomic_write_text
+    from squeezegen.metrics import load_lpips, lpips_metric_name
+    from squeezegen.sd import benchmark as bench
+    from squeezegen.sd.compressed import default_device
+
+    cfg = load_config(params, profile=profile)
+    b = cfg.benchmark
+    device = default_device()
+    lpips_pretrained = cfg.refiner.lpips_pretrained  # the profile's LPIPS rule (random backbone offline)
+    lpips_name = lpips_metric_name(lpips_pretrained)
+    with stage_run("benchmark", cfg) as run:
+        extra: dict = {"lpips_metric": lpips_name}
+        with tempfile.TemporaryDirectory(prefix="sd15_") as scratch:
+            if b.arch == "sd15":
+                from squeezegen.sd.sd15 import prepare_sd15_files
+
+                base_dir, quant_dir, extra["sd15_quantize"] = prepare_sd15_files(
+                    scratch, policy=quant_policy(cfg.quantize), seed=cfg.seed,
+                    text_encoder_8bit=cfg.quantize.text_encoder_8bit, device=device,
+                )
+                lora_dir = None
+            else:
+                for folder, stage in [(BASE_DIR, "fetch_base"), (LORA_DIR, "finetune_lora"), (QUANT_DIR, "quantize")]:
+                    if not folder.is_dir():
+                        raise UserError(f"{folder}: not found; run `dvc repro {stage}` first")
+                base_dir, lora_dir, quant_dir = BASE_DIR, LORA_DIR, QUANT_DIR
+            job = bench.BenchmarkJob(
+                base_dir=str(base_dir),
+                lora_dir=None if lora_dir is None else str(lora_dir),
+                quant_dir=str(quant_dir),
+                device=str(device),
+                compute_dtype=b.compute_dtype,
+                seed=cfg.seed,
+                steps=cfg.sd.infer_steps,
+                size=b.size,
+                guidance=b.guidance_scale,
+                repeats=b.repeats,
+            )
+            results = bench.run_configs(b.configs, job)
+
+        images = {name: result["images"] for name, result in results.items()}
+        drift = bench.image_drift(images, lpips_net=load_lpips(lpips_pretrained, "cpu"), lpips_name=lpips_name)
+        summary = bench.summarize(results, drift, arch=b.arch, job=job, extra=extra)
+        with atomic_path(REPORT_DIR) as tmp:
+            tmp.mkdir(parents=True)
+            bench.memory_chart(summary, str(tmp / "memory.png"))
+            bench.samples_strip(images, str(tmp / "samples.png"))
+            (tmp / "table.md").write_text(bench.memory_table(summary, lpips_name))
+        atomic_write_text(MEMORY_CSV, bench.memory_csv(summary))
+        run.write_metrics("benchmark", summary)
+        for name in ("memory.png", "samples.png", "table.md"):
+            run.log_artifact(REPORT_DIR / name, artifact_path="benchmark")
+    return summary

@@ -1,0 +1,179 @@
+"""The compressed pipeline: quantized files, each configuration built and run on the CPU, drift."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from squeezegen.errors import UserError
+from squeezegen.sd.compressed import CONFIGS, build_pipeline, generate, generate_compressed, quantize_pipeline
+
+SIZE, STEPS = 64, 3  # the toy size: at 32 px the tiny latent (4×4) makes a random UNet chaotic
+PROMPT = "an impressionist landscape painting"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two cores shared by many processes: one intra-op thread is far faster than two contending."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_lora(pipe, out_dir, *, seed: int = 0, std: float = 0.05):
+    """A LoRA on the attention projections with random (non-zero) B, saved diffusers-style."""
+    from peft import LoraConfig
+
+    from squeezegen.sd.lora import save_adapter
+
+    pipe.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+    return save_adapter(pipe.unet, out_dir)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from squeezegen.quant.policy import QuantPolicy
+    from squeezegen.sd.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("compressed")
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.save_pretrained(root / "base")
+    make_lora(pipe, root / "lora")
+    metrics, manifest = quantize_pipeline(
+        root / "base", root / "quantized", policy=QuantPolicy(), lora_dir=root / "lora",
+        metadata={"base_model": "tiny"}, device="cpu", progress=False,
+    )
+    return {"root": root, "base": root / "base", "lora": root / "lora", "quant": root / "quantized",
+            "metrics": metrics, "manifest": manifest}
+
+
+@pytest.fixture(scope="module")
+def runs(files):
+    """Each configuration built once; images for seeds 0 and 1 (same prompt)."""
+    out = {}
+    for name in CONFIGS:
+        bundle = build_pipeline(name, base_dir=files["base"], lora_dir=files["lora"], quant_dir=files["quant"], device="cpu")
+        result = generate(bundle, [PROMPT, PROMPT], [0, 1], steps=STEPS, size=SIZE)
+        out[name] = {"bundle": bundle, "result": result, "resident": bundle.resident_bytes()}
+    return out
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64)
+
+
+def _psnr(a, b) -> float:
+    mse = np.mean((_pixels(a) - _pixels(b)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+
+
+def test_quantized_folder_has_gguf_int8_text_encoder_and_full_manifest(files):
+    from squeezegen.quant.gguf_io import read_gguf
+
+    quant = files["quant"]
+    assert (quant / "unet.gguf").is_file() and (quant / "text_encoder" / "config.json").is_file()
+    manifest = json.loads((quant / "manifest.json").read_text())
+    tensors, metadata = read_gguf(quant / "unet.gguf")
+    assert set(manifest["tensors"]) == set(tensors)  # every tensor listed
+    for name, entry in manifest["tensors"].items():
+        assert (entry["type"], tuple(entry["shape"]), entry["bytes"]) == (
+            tensors[name].qtype.name, tensors[name].shape, tensors[name].nbytes
+        )
+    m = files["metrics"]
+    assert m["unet_bytes_gguf"] < m["unet_bytes_fp16"] / 2 and 0.5 < m["q4k_fraction"] <= 1.0
+    assert 0 < m["rel_rmse_mean"] <= m["rel_rmse_max"] < 0.2
+    assert m["text_encoder_bytes_int8"] < m["text_encoder_bytes_fp16"]
+    assert metadata["squeezegen.base_model"] == "tiny"
+
+
+def test_lora_is_fused_into_the_quantized_unet(files):
+    from squeezegen.quant.gguf_io import read_gguf
+    from squeezegen.sd.compressed import fused_unet_state_dict
+
+    base = fused_unet_state_dict(files["base"])
+    fused = fused_unet_state_dict(files["base"], files["lora"])
+    tensors, _ = read_gguf(files["quant"] / "unet.gguf")
+    names = [n for n in fused if n.endswith("to_q.weight") and tensors[n].quantized]
+    assert names
+    for name in names:
+        stored = torch.from_numpy(tensors[name].dequantize())
+        delta = (fused[name] - base[name]).norm()
+        assert delta > 0.1 * base[name].norm()  # the LoRA really changes the weight
+        assert (stored - fused[name]).norm() < 0.5 * (stored - base[name]).norm()
+
+
+def test_every_configuration_generates_on_cpu(runs):
+    for name, run in runs.items():
+        images = run["result"].images
+        assert len(images) == 2 and images[0].size == (SIZE, SIZE), name
+        assert np.ptp(_pixels(images[0])) > 0, name
+        peak = run["result"].peak()
+        assert set(peak["phases"]) == {"encode", "denoise", "decode"}
+        assert peak["peak_rss"] and peak["peak_bytes"] == peak["peak_rss"] and peak["peak_allocated"] is None
+        assert len(run["result"].seconds) == 2 and min(run["result"].seconds) > 0
+
+
+def test_components_sit_where_each_configuration_says(runs):
+    from squeezegen.quant.modules import GGUFConv2d, GGUFLinear
+
+    fp16, q4k = runs["fp16"]["bundle"].pipe, runs["q4k_unet"]["bundle"].pipe
+    assert fp16.unet.dtype == torch.float32  # "fp16" computes in fp32 on a CPU
+    assert not any(isinstance(m, (GGUFLinear, GGUFConv2d)) for m in fp16.unet.modules())
+    assert any(isinstance(m, GGUFConv2d) for m in q4k.unet.modules())  # convs are quantized too
+    assert any(isinstance(m, GGUFLinear) for m in q4k.unet.modules())
+    int8_te = runs["q4k_unet_int8_clip"]["bundle"].pipe.text_encoder
+    assert any(p.dtype == torch.int8 for p in int8_te.parameters())
+    assert not any(p.dtype == torch.int8 for p in q4k.text_encoder.parameters())
+    cpu_vae = runs["q4k_unet_int8_clip_cpu_vae"]["bundle"]
+    assert cpu_vae.vae_device.type == "cpu" and cpu_vae.pipe.vae.dtype == torch.float32
+
+
+def test_resident_bytes_shrink_with_each_saving(runs):
+    unet = {n: r["resident"]["unet"]["bytes"] for n, r in runs.items()}
+    text = {n: r["resident"]["text_encoder"]["bytes"] for n, r in runs.items()}
+    n_unet_params = sum(p.numel() for p in runs["fp16"]["bundle"].pipe.unet.parameters())
+    assert unet["q4k_unet"] < 2 * n_unet_params / 2.5  # well under the UNet in fp16
+    assert unet["q4k_unet"] == unet["q4k_unet_int8_clip"] == unet["q4k_unet_int8_clip_cpu_vae"]
+    assert text["q4k_unet_int8_clip"] < text["q4k_unet"] / 2  # int8 (+ fp32 rest on a CPU) vs fp32
+
+
+def test_quantized_images_stay_close_to_fp16_while_seeds_differ(runs):
+    ref = runs["fp16"]["result"].images
+    between_seeds = _psnr(ref[0], ref[1])
+    for name in CONFIGS[1:]:
+        images = runs[name]["result"].images
+        for seed in (0, 1):
+            drift = _psnr(images[seed], ref[seed])
+            assert np.isfinite(drift) and drift > 25.0, (name, seed, drift)
+            assert drift > between_seeds + 10.0, (name, drift, between_seeds)
+    # The VAE on the CPU in fp32 decodes what the same VAE does in the same dtype: no extra drift.
+    assert _psnr(runs["q4k_unet_int8_clip_cpu_vae"]["result"].images[0], runs["q4k_unet_int8_clip"]["result"].images[0]) > 60
+
+
+def test_generate_compressed_returns_image_and_peaks(files):
+    image, peaks = generate_compressed(
+        PROMPT, base_dir=files["base"], quant_dir=files["quant"], seed=3, steps=2, size=SIZE, device="cpu"
+    )
+    assert image.size == (SIZE, SIZE)
+    assert peaks["peak_rss"] > 0 and 0 < peaks["weights_bytes"] < peaks["peak_rss"]
+    assert peaks["device"] == "cpu"
+
+
+def test_bad_configuration_or_missing_files_are_user_errors(files, tmp_path):
+    with pytest.raises(UserError, match="unknown pipeline configuration"):
+        build_pipeline("q2_unet", base_dir=files["base"], device="cpu")
+    with pytest.raises(UserError, match="quantize"):
+        build_pipeline("q4k_unet", base_dir=files["base"], quant_dir=tmp_path / "nothing", device="cpu")
+    with pytest.raises(UserError, match="fetch_base"):
+        build_pipeline("fp16", base_dir=tmp_path / "no_base", device="cpu")
