@@ -176,3 +176,11 @@ def test_torch_decode_equals_numpy_decode(device, rng):
     half = dequantize_q4_k_torch(torch.from_numpy(packed).to(device), torch.float16)
     assert half.dtype == torch.float16
     assert np.array_equal(half.cpu().numpy(), expected.astype(np.float16))
+
+
+def test_torch_decode_in_small_chunks_is_identical(rng):
+    """Chunking bounds run-time temporaries; it must not change a single value."""
+    packed = torch.from_numpy(quantize_q4_k(_student_t(rng).astype(np.float32)))  # 32 blocks
+    whole = dequantize_q4_k_torch(packed, torch.float16)
+    for chunk in (1, 3, 7, 32, 1000):
+        assert torch.equal(dequantize_q4_k_torch(packed, torch.float16, chunk_blocks=chunk), whole)

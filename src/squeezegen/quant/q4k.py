@@ -387,16 +387,34 @@ def dequantize_q4_k(packed) -> np.ndarray:
     return out.reshape(*packed.shape[:-1], packed.shape[-1] // BLOCK_BYTES * QK_K)
 
 
-def dequantize_q4_k_torch(packed: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+# Blocks decoded per step at run time: bounds the float32 temporaries (~12 bytes per weight) to
+# ~25 MB whatever the layer's size, so peak memory is the output tensor plus one chunk.
+DEQUANT_CHUNK_BLOCKS = 8192
+
+
+def dequantize_q4_k_torch(
+    packed: torch.Tensor, dtype: torch.dtype | None = None, *, chunk_blocks: int = DEQUANT_CHUNK_BLOCKS
+) -> torch.Tensor:
     """Decode Q4_K bytes (uint8 tensor [..., 144·n], any device) to [..., 256·n] in `dtype`.
 
     Computes in float32 with exact products, so it equals `dequantize_q4_k` bit for bit before
-    the final cast to `dtype` (default float32).
+    the final cast to `dtype` (default float32). Works through `chunk_blocks` super-blocks at a
+    time, writing each chunk straight into the output in `dtype`.
     """
     import torch
 
     _check_packed(tuple(packed.shape), packed.dtype == torch.uint8)
     blocks = packed.reshape(-1, BLOCK_BYTES)  # (B, 144)
+    out = torch.empty((blocks.shape[0], QK_K), dtype=dtype or torch.float32, device=packed.device)
+    for start in range(0, blocks.shape[0], chunk_blocks):
+        out[start : start + chunk_blocks] = _decode_blocks_torch(blocks[start : start + chunk_blocks])
+    return out.reshape(*packed.shape[:-1], packed.shape[-1] // BLOCK_BYTES * QK_K)
+
+
+def _decode_blocks_torch(blocks: torch.Tensor) -> torch.Tensor:
+    """(B, 144) uint8 → (B, 256) float32."""
+    import torch
+
     d_dmin = blocks[:, :4].contiguous().view(torch.float16).float()  # (B, 2)
     low_sc, low_m, high = blocks[:, 4:8], blocks[:, 8:12], blocks[:, 12:16]  # (B, 4) each
     sc = torch.cat([low_sc & 0x3F, (high & 0x0F) | ((low_sc >> 2) & 0x30)], dim=1).float()  # (B, 8)
@@ -405,5 +423,4 @@ def dequantize_q4_k_torch(packed: torch.Tensor, dtype: torch.dtype | None = None
     q = torch.cat([nib & 0x0F, nib >> 4], dim=2).reshape(-1, N_SUB, SUB).float()  # (B, 8, 32)
     step = (d_dmin[:, :1] * sc).unsqueeze(-1)  # (B, 8, 1)
     offset = (d_dmin[:, 1:] * m).unsqueeze(-1)
-    out = (step * q - offset).reshape(*packed.shape[:-1], packed.shape[-1] // BLOCK_BYTES * QK_K)
-    return out if dtype is None else out.to(dtype)
+    return (step * q - offset).reshape(-1, QK_K)  # (B, 256)
