@@ -135,7 +135,7 @@ def reconstruct(
     """Encode an image to RQ codes and decode it with the first k levels (+ refiner)."""
     from PIL import Image, UnidentifiedImageError
 
-    from squeezegen.rq.train import reconstruct_image
+    from squeezegen.rq.evaluation import reconstruct_image
 
     for label, folder in [("--rqvae", rqvae)] + ([("--refiner", refiner)] if refine else []):
         if not folder.exists():

@@ -245,8 +245,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "finetune_lora": ("sd", "lora"),
     "quantize": ("sd", "quantize"),
     "benchmark": ("sd", "quantize", "benchmark"),
-    "train_rqvae": ("rqvae",),
-    "train_refiner": ("rqvae", "refiner"),
+    "train_rqvae": ("rqvae", "refiner", "evaluate"),
+    "train_refiner": ("refiner", "evaluate"),
     "evaluate": ("sd", "benchmark", "evaluate"),
 }
 

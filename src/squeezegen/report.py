@@ -1,0 +1,420 @@
+"""The evaluate stage's numbers and words: headline metrics and `reports/report.md`.
+
+Everything here is a pure function of the upstream stages' metrics dicts (plus a check that the
+upstream files exist): no timing is measured again, so the headline of an unchanged branch is
+bit-for-bit the same after a change to the other branch. Pictures are referenced by paths
+relative to `reports/`, where the report lives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from squeezegen.errors import UserError
+
+# metrics/<name>.json → the stage that writes it
+METRICS_STAGES: dict[str, str] = {
+    "data": "preprocess",
+    "lora": "finetune_lora",
+    "quantize": "quantize",
+    "benchmark": "benchmark",
+    "rqvae": "train_rqvae",
+    "refiner": "train_refiner",
+}
+# other files and folders evaluate reads (relative to the repo root) → the stage that writes them
+OTHER_INPUTS: dict[str, str] = {
+    "reports/lora/samples.png": "finetune_lora",
+    "reports/benchmark/memory.png": "benchmark",
+    "reports/benchmark/samples.png": "benchmark",
+    "reports/refiner/progressive.png": "train_refiner",
+    "models/base": "fetch_base",
+    "models/lora": "finetune_lora",
+    "models/quantized": "quantize",
+    "models/rqvae": "train_rqvae",
+}
+SD_SAMPLES = "evaluate/sd_samples.png"  # drawn by the evaluate stage, relative to reports/
+# every picture the report shows, relative to reports/ (where report.md lives)
+PICTURES = (SD_SAMPLES, "benchmark/memory.png", "benchmark/samples.png", "lora/samples.png", "refiner/progressive.png")
+REFERENCE = "fp16"
+COMPRESSED = "q4k_unet_int8_clip_cpu_vae"
+RGB_BITS_PER_PIXEL = 24  # an uncompressed 8-bit RGB pixel, the yardstick for bits per image
+LPIPS_NAMES = ("lpips", "lpips_randnet")  # real LPIPS, or the random-backbone stand-in
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def missing_inputs(root: str | Path = ".") -> list[tuple[str, str]]:
+    """(path, stage that makes it) for every evaluate input that does not exist under `root`."""
+    root = Path(root)
+    wanted = {f"metrics/{name}.json": stage for name, stage in METRICS_STAGES.items()} | OTHER_INPUTS
+    return [(path, stage) for path, stage in wanted.items() if not (root / path).exists()]
+
+
+def check_inputs(root: str | Path = ".") -> None:
+    """UserError naming every missing input and the stage that makes it."""
+    missing = missing_inputs(root)
+    if missing:
+        listed = ", ".join(f"{path} (made by {stage})" for path, stage in missing)
+        stages = " ".join(dict.fromkeys(stage for _, stage in missing))
+        raise UserError(f"evaluate needs files that are not there: {listed}; run `dvc repro {stages}` first")
+
+
+def load_metrics(root: str | Path = ".") -> dict[str, dict[str, Any]]:
+    """{name: dict} from `metrics/<name>.json` for every upstream metrics file; UserError if one
+    is missing or not a JSON object."""
+    out = {}
+    for name, stage in METRICS_STAGES.items():
+        path = Path(root) / "metrics" / f"{name}.json"
+        if not path.is_file():
+            raise UserError(f"{path}: not found; it is made by the {stage} stage: run `dvc repro {stage}` first")
+        try:
+            value = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc}); re-run `dvc repro --force {stage}`") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: expected a JSON object of metrics; re-run `dvc repro --force {stage}`")
+        out[name] = value
+    return out
+
+
+# ---------------------------------------------------------------------------- headline
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def lpips_name(metrics: Mapping[str, Any], suffix: str = "") -> str | None:
+    """Which LPIPS key a metrics dict uses (`lpips` or `lpips_randnet`, + `suffix`), or None."""
+    return next((name for name in LPIPS_NAMES if f"{name}{suffix}" in metrics), None)
+
+
+def compressed_config(benchmark: Mapping[str, Any]) -> str | None:
+    """The configuration the headline compares with fp16: the fully compressed one if benchmarked,
+    else the last non-fp16 configuration, else None."""
+    others = [name for name in benchmark.get("configs", []) if name != REFERENCE and name in benchmark]
+    return COMPRESSED if COMPRESSED in others else (others[-1] if others else None)
+
+
+def sd_headline(quantize: Mapping[str, Any], benchmark: Mapping[str, Any]) -> dict[str, Any]:
+    """The SD branch's headline numbers (bytes, ratios = compressed / fp16 unless named otherwise)."""
+    ref = benchmark[REFERENCE]
+    comp = benchmark.get(compressed_config(benchmark) or "", {})
+    lp = benchmark.get("lpips_metric") or lpips_name(comp) or "lpips"
+    out = {
+        "peak_mem_bytes_fp16": ref.get("peak_bytes"),
+        "peak_mem_bytes_compressed": comp.get("peak_bytes"),
+        "peak_mem_ratio": _ratio(comp.get("peak_bytes"), ref.get("peak_bytes")),
+        "weights_bytes_fp16": ref.get("weights_bytes"),
+        "weights_bytes_compressed": comp.get("weights_bytes"),
+        "weights_ratio": _ratio(comp.get("weights_bytes"), ref.get("weights_bytes")),
+        "seconds_per_image_fp16": ref.get("seconds_per_image"),
+        "seconds_per_image_compressed": comp.get("seconds_per_image"),
+        "drift_psnr": comp.get("psnr"),
+        f"drift_{lp}": comp.get(lp),
+        "unet_bytes_fp16": quantize["unet_bytes_fp16"],
+        "unet_bytes_gguf": quantize["unet_bytes_gguf"],
+        "unet_compression": _ratio(quantize["unet_bytes_fp16"], quantize["unet_bytes_gguf"]),
+        "unet_bpw": quantize["unet_bpw"],
+        "unet_q4k_fraction": quantize.get("q4k_fraction"),
+        "text_encoder_bytes_fp16": quantize.get("text_encoder_bytes_fp16"),
+        "text_encoder_bytes_int8": quantize.get("text_encoder_bytes_int8"),
+        "text_encoder_compression": _ratio(quantize.get("text_encoder_bytes_fp16"), quantize.get("text_encoder_bytes_int8")),
+    }
+    if "peak_rss_above_baseline" in ref:  # CPU: the process's own baseline taken out
+        out["rss_above_baseline_ratio"] = _ratio(comp.get("peak_rss_above_baseline"), ref["peak_rss_above_baseline"])
+    return out
+
+
+def rq_headline(rqvae: Mapping[str, Any], refiner: Mapping[str, Any], *, image_size: int | None = None) -> dict[str, Any]:
+    """The RQ branch's headline: val quality before/after the refiner and the code budget.
+
+    `image_size` (px, square) adds `compression_vs_rgb` = 24-bit RGB bits / bits per image.
+    """
+    lp = lpips_name(refiner, "_before")
+    levels = len(rqvae["codebook_usage"])
+    out = {
+        "psnr_unrefined": refiner["psnr_before"],
+        "psnr_refined": refiner["psnr_after"],
+        "refiner_gain_db": refiner["psnr_after"] - refiner["psnr_before"],
+        "ssim_unrefined": refiner["ssim_before"],
+        "ssim_refined": refiner["ssim_after"],
+        "bits_per_image": rqvae["bits_per_image"],
+        "levels": levels,
+        "codebook_usage_mean": sum(rqvae["codebook_usage"]) / levels,
+        "perplexity_mean": sum(rqvae["perplexity"]) / levels,
+        "rqvae_params": rqvae.get("params"),
+        "refiner_params": refiner.get("params"),
+    }
+    if lp is not None:
+        out[f"{lp}_unrefined"] = refiner[f"{lp}_before"]
+        out[f"{lp}_refined"] = refiner[f"{lp}_after"]
+    if image_size:
+        out["compression_vs_rgb"] = RGB_BITS_PER_PIXEL * image_size**2 / rqvae["bits_per_image"]
+    return out
+
+
+def headline(metrics: Mapping[str, Mapping[str, Any]], *, rq_image_size: int | None = None) -> dict[str, dict[str, Any]]:
+    """metrics/evaluate.json: {"sd": ..., "rq": ...}, each computed from its own branch only."""
+    return {
+        "sd": sd_headline(metrics["quantize"], metrics["benchmark"]),
+        "rq": rq_headline(metrics["rqvae"], metrics["refiner"], image_size=rq_image_size),
+    }
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def fmt_bytes(n: float | None) -> str:
+    """Bytes in binary units: `512 B`, `12.5 KiB`, `340.2 MiB`, `1.60 GiB`; None → `—`."""
+    if n is None:
+        return "—"
+    for unit, scale, digits in (("GiB", 2**30, 2), ("MiB", 2**20, 1), ("KiB", 2**10, 1)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.{digits}f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_num(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    """`format(x, spec) + suffix`; None or NaN → `—`."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{format(x, spec)}{suffix}"
+
+
+def fmt_db(x: float | None, *, signed: bool = False) -> str:
+    """Decibels with 2 decimals (`24.31 dB`, `+1.20 dB` when signed)."""
+    return fmt_num(x, "+.2f" if signed else ".2f", " dB")
+
+
+def fmt_ratio(x: float | None) -> str:
+    return fmt_num(x, ".2f", "×")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; cells are str()-ed."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- report sections
+
+
+def _device_phrase(benchmark: Mapping[str, Any]) -> str:
+    name, kind = str(benchmark.get("device", "unknown device")), benchmark.get("device_type", "")
+    return f"{name} ({kind})" if kind and not name.lower().startswith(kind) else name
+
+
+def _headline_section(head: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    sd, rq = head["sd"], head["rq"]
+    bench = metrics["benchmark"]
+    peak_label = "peak allocated" if bench.get("device_type") == "cuda" else "peak RSS"
+    sd_lp = next((k.removeprefix("drift_") for k in sd if k.startswith("drift_lpips")), "lpips")
+    rq_lp = next((k.removesuffix("_unrefined") for k in rq if k.startswith("lpips") and k.endswith("_unrefined")), None)
+    rows = [
+        ["A", f"{peak_label}, compressed vs fp16",
+         f"{fmt_bytes(sd['peak_mem_bytes_compressed'])} vs {fmt_bytes(sd['peak_mem_bytes_fp16'])} ({fmt_ratio(sd['peak_mem_ratio'])})"],
+        ["A", "weights resident, compressed vs fp16",
+         f"{fmt_bytes(sd['weights_bytes_compressed'])} vs {fmt_bytes(sd['weights_bytes_fp16'])} ({fmt_ratio(sd['weights_ratio'])})"],
+        ["A", "UNet file, GGUF vs fp16",
+         f"{fmt_bytes(sd['unet_bytes_gguf'])} vs {fmt_bytes(sd['unet_bytes_fp16'])} "
+         f"({fmt_num(sd['unet_compression'], '.2f')}× smaller, {fmt_num(sd['unet_bpw'], '.2f')} bits/weight)"],
+        ["A", "text encoder, int8 vs fp16",
+         f"{fmt_bytes(sd['text_encoder_bytes_int8'])} vs {fmt_bytes(sd['text_encoder_bytes_fp16'])}"
+         + (f" ({fmt_num(sd['text_encoder_compression'], '.2f')}× smaller)" if sd["text_encoder_compression"] else "")],
+        ["A", "compressed images vs fp16 (same prompt + seed)",
+         f"PSNR {fmt_db(sd['drift_psnr'])}, {sd_lp} {fmt_num(sd.get('drift_' + sd_lp), '.4f')}"],
+        ["A", "seconds per image, compressed vs fp16",
+         f"{fmt_num(sd['seconds_per_image_compressed'], '.2f')} s vs {fmt_num(sd['seconds_per_image_fp16'], '.2f')} s"],
+        ["B", "val PSNR, RQ-VAE → + refiner",
+         f"{fmt_db(rq['psnr_unrefined'])} → {fmt_db(rq['psnr_refined'])} ({fmt_db(rq['refiner_gain_db'], signed=True)})"],
+        ["B", "val SSIM, RQ-VAE → + refiner", f"{fmt_num(rq['ssim_unrefined'], '.3f')} → {fmt_num(rq['ssim_refined'], '.3f')}"],
+    ]
+    if rq_lp:
+        rows.append(["B", f"val {rq_lp}, RQ-VAE → + refiner (lower is better)",
+                     f"{fmt_num(rq[rq_lp + '_unrefined'], '.4f')} → {fmt_num(rq[rq_lp + '_refined'], '.4f')}"])
+    budget = f"{rq['bits_per_image']:,.0f} bits = {fmt_bytes(rq['bits_per_image'] / 8)} ({rq['levels']} levels)"
+    if rq.get("compression_vs_rgb"):
+        budget += f", {fmt_num(rq['compression_vs_rgb'], ',.0f')}× smaller than 8-bit RGB"
+    rows.append(["B", "code per image", budget])
+    return "## Headline\n\n" + markdown_table(["branch", "what", "value"], rows)
+
+
+def _sd_memory_table(bench: Mapping[str, Any]) -> str:
+    cuda = bench.get("device_type") == "cuda"
+    lp = bench.get("lpips_metric", "lpips")
+    header = ["configuration", "computes in", "VAE on", "peak allocated" if cuda else "peak RSS", "vs fp16",
+              "peak reserved" if cuda else "RSS above start", "weights resident", "vs fp16", "s / image",
+              "PSNR vs fp16", f"{lp} vs fp16"]
+    rows = []
+    for name in bench.get("configs", []):
+        m = bench[name]
+        rows.append([
+            f"`{name}`", m.get("compute_dtype", "—"), m.get("vae_device", "—"), fmt_bytes(m.get("peak_bytes")),
+            fmt_ratio(m.get("peak_mem_ratio")), fmt_bytes(m.get("peak_reserved") if cuda else m.get("peak_rss_above_baseline")),
+            fmt_bytes(m.get("weights_bytes")), fmt_ratio(m.get("weights_ratio")), fmt_num(m.get("seconds_per_image")),
+            fmt_db(m.get("psnr")) if name != REFERENCE else "—", fmt_num(m.get(lp), ".4f") if name != REFERENCE else "—",
+        ])
+    text = markdown_table(header, rows)
+    ref = bench.get(REFERENCE, {})
+    if "psnr_other_seed" in ref:
+        text += (f"\n\nFor scale: two fp16 images of the same prompt with different seeds are "
+                 f"{fmt_db(ref['psnr_other_seed'])} apart.")
+    if not cuda:
+        text += ("\n\nOn a CPU the peak is the whole process's resident set (Python and libraries included); "
+                 "“RSS above start” subtracts the process before loading, and “weights resident” counts tensor bytes exactly. "
+                 "The `fp16` configuration computes in float32 on a CPU.")
+    return text
+
+
+def _sd_bytes_tables(quant: Mapping[str, Any], bench: Mapping[str, Any]) -> str:
+    te_after = quant.get("text_encoder_bytes_int8")
+    stored = markdown_table(
+        ["component", "before", "after", "smaller by", "how"],
+        [
+            ["UNet", fmt_bytes(quant["unet_bytes_fp16"]), fmt_bytes(quant["unet_bytes_gguf"]),
+             fmt_ratio(_ratio(quant["unet_bytes_fp16"], quant["unet_bytes_gguf"])),
+             f"GGUF, {fmt_num(quant['unet_bpw'], '.2f')} bits/weight, "
+             f"{fmt_num(100 * quant['q4k_fraction'] if quant.get('q4k_fraction') is not None else None, '.1f')}% of weights Q4_K"],
+            ["text encoder", fmt_bytes(quant.get("text_encoder_bytes_fp16")), fmt_bytes(te_after),
+             fmt_ratio(_ratio(quant.get("text_encoder_bytes_fp16"), te_after)),
+             "bitsandbytes int8" if te_after is not None else "kept fp16"],
+        ],
+    )
+    configs = [c for c in bench.get("configs", []) if isinstance(bench.get(c, {}).get("resident_bytes"), dict)]
+    components = list(dict.fromkeys(k for c in configs for k in bench[c]["resident_bytes"] if k != "total")) + ["total"]
+    resident = markdown_table(
+        ["component", *(f"`{c}`" for c in configs)],
+        [[name, *(fmt_bytes(bench[c]["resident_bytes"].get(name)) for c in configs)] for name in components],
+    )
+    by_type = quant.get("unet_tensors_by_type") or {}
+    types = markdown_table(
+        ["GGUF type", "tensors", "weights", "bytes"],
+        [[t, f"{v['tensors']:,}", f"{v['params']:,}", fmt_bytes(v["bytes"])] for t, v in by_type.items()],
+    )
+    rmse = (f"Relative RMS error of the dequantized UNet weights: mean {fmt_num(quant.get('rel_rmse_mean'), '.4f')}, "
+            f"worst tensor {fmt_num(quant.get('rel_rmse_max'), '.4f')}; quantizing took {fmt_num(quant.get('quantize_seconds'), '.1f')} s.")
+    return (f"Stored weights (quantize stage; before = fp16):\n\n{stored}\n\n{rmse}\n\n"
+            + (f"UNet tensors by GGUF type:\n\n{types}\n\n" if by_type else "")
+            + "Weights resident per component while generating (benchmark stage, exact tensor bytes"
+            + (f"; the VAE of `{COMPRESSED}` is float32 on the CPU" if COMPRESSED in configs else "")
+            + f"):\n\n{resident}")
+
+
+def _lora_section(lora: Mapping[str, Any]) -> str:
+    share = _ratio(lora.get("trainable_params"), lora.get("total_params"))
+    rows = [
+        ["trainable parameters", f"{lora['trainable_params']:,} of {lora['total_params']:,} ({fmt_num(None if share is None else 100 * share, '.2f')}%)"],
+        ["optimizer steps", f"{lora.get('steps', '—')} at {fmt_num(lora.get('steps_per_s'), '.2f')} steps/s"],
+        ["final loss", fmt_num(lora.get("final_loss"), ".4f")],
+        ["peak training memory", fmt_bytes(lora.get("peak_mem_bytes"))],
+    ]
+    return markdown_table(["LoRA fine-tune", "value"], rows)
+
+
+def _rq_quality_table(refiner: Mapping[str, Any]) -> str:
+    lp = lpips_name(refiner, "_before")
+    rows = [
+        ["PSNR (dB, higher is better)", fmt_db(refiner["psnr_before"]), fmt_db(refiner["psnr_after"]),
+         fmt_db(refiner["psnr_after"] - refiner["psnr_before"], signed=True)],
+        ["SSIM (higher is better)", fmt_num(refiner["ssim_before"], ".4f"), fmt_num(refiner["ssim_after"], ".4f"),
+         fmt_num(refiner["ssim_after"] - refiner["ssim_before"], "+.4f")],
+    ]
+    if lp:
+        rows.append([f"{lp} (lower is better)", fmt_num(refiner[f"{lp}_before"], ".4f"), fmt_num(refiner[f"{lp}_after"], ".4f"),
+                     fmt_num(refiner[f"{lp}_after"] - refiner[f"{lp}_before"], "+.4f")])
+    if "l1_before" in refiner:
+        rows.append(["L1 (lower is better)", fmt_num(refiner["l1_before"], ".4f"), fmt_num(refiner["l1_after"], ".4f"),
+                     fmt_num(refiner["l1_after"] - refiner["l1_before"], "+.4f")])
+    return markdown_table(["val metric", "RQ-VAE decode", "+ refiner", "change"], rows)
+
+
+def _rq_levels_table(rqvae: Mapping[str, Any]) -> str:
+    levels = len(rqvae["codebook_usage"])
+    bits_per_level = rqvae["bits_per_image"] / levels
+    ssim_by = rqvae.get("ssim_by_levels") or [None] * levels
+    rows = [
+        [k, fmt_db(rqvae["psnr_by_levels"][k - 1]), fmt_num(ssim_by[k - 1], ".4f"), f"{bits_per_level * k:,.0f}",
+         fmt_num(100 * rqvae["codebook_usage"][k - 1], ".1f", "%"), fmt_num(rqvae["perplexity"][k - 1], ".1f")]
+        for k in range(1, levels + 1)
+    ]
+    return markdown_table(
+        ["levels decoded", "val PSNR", "val SSIM", "bits / image", "codebook usage of level", "perplexity of level"], rows
+    )
+
+
+def _reproduce_section() -> str:
+    return "\n".join([
+        "## How to reproduce",
+        "",
+        "```bash",
+        "dvc repro                        # the whole DAG with the profile in params.yaml (toy: CPU, minutes)",
+        "dvc exp run -S profile=full      # LAPIS + SD 1.5 on a GPU (set data.lapis_path first)",
+        "dvc exp run -S rqvae.levels=8    # a method change: re-runs only train_rqvae → train_refiner → evaluate",
+        "dvc metrics show                 # every stage's numbers; evaluate's headline is metrics/evaluate.json",
+        "dvc metrics diff                 # what the last change did to them",
+        "mlflow ui --backend-store-uri sqlite:///mlflow.db   # runs, curves and pictures per stage",
+        "```",
+    ])
+
+
+def build_report(
+    metrics: Mapping[str, Mapping[str, Any]],
+    head: Mapping[str, Mapping[str, Any]],
+    *,
+    profile: str,
+    samples_caption: str = "",
+) -> str:
+    """reports/report.md from the upstream metrics and the headline (`headline(metrics)`).
+
+    `samples_caption` describes evaluate's own sample grid (prompts, seeds, steps, size).
+    """
+    data, bench, rqvae, refiner = metrics["data"], metrics["benchmark"], metrics["rqvae"], metrics["refiner"]
+    arch = bench.get("arch", "pipeline")
+    settings = bench.get("settings", {})
+    arch_note = ("an SD 1.5-architecture pipeline with random weights (real-scale memory; the pictures use the trained pipeline)"
+                 if arch == "sd15" else "the trained pipeline (base + LoRA)")
+    toy_note = ("\n\nThis is the **toy** profile: synthetic paintings and tiny randomly initialised models on a CPU. "
+                "It proves every code path; its quality numbers are not the point." if profile == "toy" else "")
+    grid = rqvae.get("grid") or []
+    grid_text = f"{grid[0]}×{grid[1]} codes × " if len(grid) == 2 else ""
+    parts = [
+        "# squeezegen report",
+        f"Two ways to make image generation fit in little memory, on the same art data "
+        f"({data.get('n_train', '?')} training and {data.get('n_val', '?')} validation images), profile `{profile}`:\n\n"
+        f"- **A. Compressed Stable Diffusion**: LoRA fine-tune, UNet in GGUF Q4_K, CLIP text encoder in int8, "
+        f"VAE on the CPU; memory measured on {_device_phrase(bench)} with {arch_note}, "
+        f"{settings.get('size', '?')} px, {settings.get('steps', '?')} steps, batch 1.\n"
+        f"- **B. A tiny generator of our own**: an RQ-VAE ({grid_text}{head['rq']['levels']} residual levels) "
+        f"plus a refinement UNet, evaluated on the validation images.{toy_note}",
+        _headline_section(head, metrics),
+        "## A. Compressed Stable Diffusion",
+        "### Memory, speed and drift per configuration",
+        _sd_memory_table(bench),
+        "![peak memory per configuration](benchmark/memory.png)",
+        "### Where the bytes are",
+        _sd_bytes_tables(metrics["quantize"], bench),
+        "### Samples: compressed vs uncompressed",
+        f"![compressed vs uncompressed samples]({SD_SAMPLES})",
+        samples_caption or "Same prompts and seeds in both rows.",
+        "One image per benchmarked configuration (same prompt and seed):",
+        "![one sample per configuration](benchmark/samples.png)",
+        "### LoRA fine-tune",
+        _lora_section(metrics["lora"]),
+        "![base vs base + LoRA](lora/samples.png)",
+        "## B. RQ-VAE + refiner",
+        "### Validation quality before and after the refiner",
+        _rq_quality_table(refiner),
+        "### Quality by number of residual levels, and the codebooks",
+        _rq_levels_table(rqvae),
+        f"Perplexity is exp(entropy) of a level's code histogram on the validation set (at most the codebook size). "
+        f"RQ-VAE: {fmt_num(rqvae.get('params'), ',.0f')} parameters; refiner: {fmt_num(refiner.get('params'), ',.0f')} parameters.",
+        "![original, decodes with 1..L levels, refined](refiner/progressive.png)",
+        _reproduce_section(),
+    ]
+    return "\n\n".join(parts) + "\n"

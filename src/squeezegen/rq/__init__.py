@@ -1,0 +1,10 @@
+"""The RQ branch: a residual-quantized VAE (an image → a grid of codes, each refined by L
+residual levels, coarse to fine) and a refinement UNet that restores the detail its decoder
+averages away.
+
+- `model`: the RQ-VAE (`RQVAE`, `save_rqvae`, `load_rqvae`).
+- `refiner`: the refinement UNet (`Refiner`, `save_refiner`, `load_refiner`).
+- `train`: data tensors, loss functions and the two training entry points (shared loop).
+- `evaluation`: val metrics (per level too) and `reconstruct_image` for the CLI.
+- `pictures`: the progressive picture (original | 1 level | … | L | refined).
+"""

@@ -1,0 +1,244 @@
+"""The RQ-VAE: a conv encoder, `vector_quantize_pytorch.ResidualVQ` on the grid of latents, a
+conv decoder.
+
+An image (B, 3, H, W) in [-1, 1] becomes a (H/d) × (W/d) grid (d = `downsample`) of code_dim
+latents; each latent is quantized by L residual levels (level 1 the coarse structure, each next
+level the residual the previous ones left), giving indices (B, h·w, L). Decoding with only the
+first k levels gives a coarser image: that is the progressive picture.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from safetensors.torch import load_model, save_model
+from torch import nn
+from vector_quantize_pytorch import ResidualVQ
+
+from squeezegen.errors import UserError
+from squeezegen.files import atomic_path
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "squeezegen.rqvae/1"
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (each tensor once, so a shared codebook counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def group_count(channels: int) -> int:
+    """GroupNorm groups: the largest of 32, 16, … that divides `channels`."""
+    return next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → 3×3 conv, twice, plus a (1×1 if the width changes) skip."""
+
+    def __init__(self, *, in_channels: int, out_channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(group_count(in_channels), in_channels),
+            nn.SiLU(),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.GroupNorm(group_count(out_channels), out_channels),
+            nn.SiLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class Encoder(nn.Module):
+    """RGB → (B, code_dim, H/2^n, W/2^n); channels[i] is the width at resolution /2^i."""
+
+    def __init__(self, *, channels: tuple[int, ...], code_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, channels[0], 3, padding=1)]
+        for width, next_width in zip(channels[:-1], channels[1:]):
+            layers += [ResBlock(in_channels=width, out_channels=width), nn.Conv2d(width, next_width, 3, stride=2, padding=1)]
+        last = channels[-1]
+        layers += [
+            ResBlock(in_channels=last, out_channels=last),
+            nn.GroupNorm(group_count(last), last),
+            nn.SiLU(),
+            nn.Conv2d(last, code_dim, 1),
+        ]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(B, code_dim, h, w) → RGB (B, 3, h·2^n, w·2^n), mirroring the encoder."""
+
+    def __init__(self, *, channels: tuple[int, ...], code_dim: int):
+        super().__init__()
+        last = channels[-1]
+        layers: list[nn.Module] = [nn.Conv2d(code_dim, last, 1), ResBlock(in_channels=last, out_channels=last)]
+        for width, prev_width in zip(reversed(channels[:-1]), reversed(channels[1:])):
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(prev_width, width, 3, padding=1),
+                ResBlock(in_channels=width, out_channels=width),
+            ]
+        first = channels[0]
+        layers += [nn.GroupNorm(group_count(first), first), nn.SiLU(), nn.Conv2d(first, 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class RQVAE(nn.Module):
+    """Residual-quantized VAE. Images in [-1, 1]; outputs are unclamped (clamp for display)."""
+
+    def __init__(
+        self,
+        *,
+        levels: int,
+        codebook_size: int,
+        code_dim: int,
+        downsample: int,
+        channels: tuple[int, ...] | list[int],
+        shared_codebook: bool = False,
+        ema_decay: float = 0.99,
+        kmeans_init: bool = True,
+        dead_code_threshold: float = 2.0,
+        quantize_dropout: bool = False,
+        commitment_weight: float = 0.25,
+        rotation_trick: bool = False,
+    ):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if downsample < 1 or downsample & (downsample - 1):
+            raise ValueError(f"downsample must be a power of two, got {downsample}")
+        if len(channels) != int(math.log2(downsample)) + 1:
+            raise ValueError(f"channels needs log2(downsample)+1 = {int(math.log2(downsample)) + 1} entries, got {channels}")
+        # Everything needed to rebuild the model; saved as config.json next to the weights.
+        self.config: dict[str, Any] = dict(
+            levels=levels,
+            codebook_size=codebook_size,
+            code_dim=code_dim,
+            downsample=downsample,
+            channels=list(channels),
+            shared_codebook=shared_codebook,
+            ema_decay=ema_decay,
+            kmeans_init=kmeans_init,
+            dead_code_threshold=dead_code_threshold,
+            quantize_dropout=quantize_dropout,
+            commitment_weight=commitment_weight,
+            rotation_trick=rotation_trick,
+        )
+        self.meta: dict[str, Any] = {}  # training facts read back by `load_rqvae` (image size, steps…)
+        self.levels = levels
+        self.codebook_size = codebook_size
+        self.downsample = downsample
+        self.encoder = Encoder(channels=channels, code_dim=code_dim)
+        self.decoder = Decoder(channels=channels, code_dim=code_dim)
+        self.quantizer = ResidualVQ(
+            dim=code_dim,
+            num_quantizers=levels,
+            codebook_size=codebook_size,
+            shared_codebook=shared_codebook,
+            kmeans_init=kmeans_init,
+            decay=ema_decay,  # EMA codebooks: updated inside forward in training mode
+            threshold_ema_dead_code=dead_code_threshold,
+            quantize_dropout=quantize_dropout,
+            commitment_weight=commitment_weight,
+            # Gradients to the encoder: the RQ-VAE paper's straight-through estimator by default
+            # (the library defaults to the rotation trick).
+            rotation_trick=rotation_trick,
+        )
+
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode and quantize: (quantized latent (B, D, h, w), indices (B, h·w, L), commitment loss (L,))."""
+        z = self.encoder(x)  # (B, D, h, w)
+        h, w = z.shape[-2:]
+        seq = rearrange(z, "b d h w -> b (h w) d")  # (B, N, D)
+        quantized, indices, commit = self.quantizer(seq)  # (B, N, D), (B, N, L), (L,)
+        return rearrange(quantized, "b (h w) d -> b d h w", h=h, w=w), indices, commit
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """x (B, 3, H, W) → (recon (B, 3, H, W), indices (B, h·w, L), losses).
+
+        losses["commitment"] is the weighted commitment loss summed over levels (a scalar).
+        In training mode with quantize_dropout, dropped levels have index −1.
+        """
+        quantized, indices, commit = self.quantize(x)
+        return self.decoder(quantized), indices, {"commitment": commit.sum()}
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, h·w, L) of images (B, 3, H, W)."""
+        return self.quantize(x)[1]
+
+    def latent_from_indices(self, indices: torch.Tensor, *, levels: int | None = None, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """The quantized latent (B, D, h, w) rebuilt from the first `levels` levels of `indices`.
+
+        Levels above `levels` are masked (index −1), which `ResidualVQ.get_output_from_indices`
+        treats as a zero code, so they cannot influence the result. `grid_hw` defaults to a square grid.
+        """
+        k = self.levels if levels is None else levels
+        if not 1 <= k <= self.levels:
+            raise ValueError(f"levels must be in 1..{self.levels}, got {k}")
+        if indices.shape[-1] != self.levels:
+            raise ValueError(f"indices must have {self.levels} levels in the last dimension, got shape {tuple(indices.shape)}")
+        n = indices.shape[1]
+        h, w = grid_hw or (math.isqrt(n), math.isqrt(n))
+        if h * w != n:
+            raise ValueError(f"{n} codes do not form a {h}×{w} grid; pass grid_hw")
+        kept = indices.clone()
+        kept[..., k:] = -1  # (B, N, L): drop the finer levels
+        seq = self.quantizer.get_output_from_indices(kept)  # (B, N, D)
+        return rearrange(seq, "b (h w) d -> b d h w", h=h, w=w)
+
+    def decode_indices(self, indices: torch.Tensor, *, levels: int | None = None, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) decoded from the first `levels` (default all) levels of `indices` (B, h·w, L)."""
+        return self.decoder(self.latent_from_indices(indices, levels=levels, grid_hw=grid_hw))
+
+
+def save_rqvae(model: RQVAE, out_dir: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
+    """Write `out_dir/` = model.safetensors + config.json (constructor arguments + `meta`), atomically.
+
+    `meta` holds facts about the training (image size, steps…) that loaders may read back.
+    """
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        save_model(model, str(tmp / WEIGHTS_FILE))  # handles the tied tensors of a shared codebook
+        config = {"format": FORMAT, "model": model.config, "meta": meta or {}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return Path(out_dir)
+
+
+def read_rqvae_config(model_dir: str | Path) -> dict[str, Any]:
+    """config.json of a saved RQ-VAE; UserError if the folder does not hold one."""
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_FILE
+    if not path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
+        raise UserError(f"{model_dir}: no trained RQ-VAE here (needs {CONFIG_FILE} + {WEIGHTS_FILE}); run the train_rqvae stage first")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); re-run the train_rqvae stage") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise UserError(f"{path}: not an RQ-VAE config of format {FORMAT!r}; re-run the train_rqvae stage")
+    return config
+
+
+def load_rqvae(model_dir: str | Path, device: torch.device | str = "cpu") -> RQVAE:
+    """The RQ-VAE saved by `save_rqvae`, in eval mode on `device` (config.json's "meta" is `model.meta`)."""
+    config = read_rqvae_config(model_dir)
+    model = RQVAE(**config["model"])
+    load_model(model, str(Path(model_dir) / WEIGHTS_FILE), device="cpu")
+    model.meta = dict(config.get("meta", {}))
+    return model.to(device).eval()

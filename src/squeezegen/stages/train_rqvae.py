@@ -1,0 +1,86 @@
+"""train_rqvae: train the residual-quantized VAE on `data/processed` (image_rq, train split).
+
+Outputs: `models/rqvae/` (safetensors + config.json), `metrics/rqvae.json` (val PSNR/SSIM/LPIPS,
+per-level codebook usage and perplexity, bits per image, quality by number of levels),
+`metrics/rqvae_loss.csv`, `metrics/rqvae_levels.csv` and `reports/rq/progressive.png`.
+Resumable checkpoints go to `checkpoints/train_rqvae/` and are deleted on success.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from squeezegen.config import load_config
+from squeezegen.tracking import stage_run
+
+PROCESSED_DIR = Path("data/processed")
+MODEL_DIR = Path("models/rqvae")
+CHECKPOINT_DIR = Path("checkpoints/train_rqvae")
+LOSS_CSV = Path("metrics/rqvae_loss.csv")
+LEVELS_CSV = Path("metrics/rqvae_levels.csv")
+PICTURE = Path("reports/rq/progressive.png")
+EVAL_BATCH = 64  # val images per evaluation batch
+
+
+def main(params: str = "params.yaml", profile: str | None = None) -> dict:
+    from squeezegen.files import atomic_write_text
+    from squeezegen.metrics import load_lpips, lpips_metric_name
+    from squeezegen.rq.evaluation import evaluate_rqvae, progressive_rows
+    from squeezegen.rq.model import count_parameters, save_rqvae
+    from squeezegen.rq.pictures import render_progressive
+    from squeezegen.rq.train import (
+        fingerprint, load_image_tensors, rqvae_settings, tensor_hash, train_rqvae, write_history_csv,
+    )
+    from squeezegen.train import cleanup_checkpoints, make_accelerator
+
+    cfg = load_config(params, profile=profile)
+    rq = cfg.rqvae
+    # The RQ branch follows one LPIPS rule: the refiner's (pretrained backbone, or the offline stand-in).
+    lpips_pretrained = cfg.refiner.lpips_pretrained
+    with stage_run("train_rqvae", cfg) as run:
+        train_images = load_image_tensors(PROCESSED_DIR, "train")  # (N, 3, H, W) uint8
+        val_images = load_image_tensors(PROCESSED_DIR, "val")
+        accelerator = make_accelerator(rqvae_settings(rq, seed=cfg.seed))
+        device = accelerator.device
+        lpips_net = load_lpips(lpips_pretrained, device)
+        result = train_rqvae(
+            cfg=rq,
+            seed=cfg.seed,
+            train_images=train_images,
+            checkpoint_dir=CHECKPOINT_DIR,
+            fingerprint=fingerprint(
+                rqvae=cfg.section_dict("rqvae"), seed=cfg.seed, data=tensor_hash(train_images),
+                lpips_pretrained=lpips_pretrained if rq.lpips_weight > 0 else None,
+            ),
+            lpips_net=lpips_net if rq.lpips_weight > 0 else None,
+            accelerator=accelerator,
+            on_log=run.log_step,
+        )
+        if not accelerator.is_main_process:
+            return {}
+        model = result.model.eval()
+        save_rqvae(model, MODEL_DIR, meta={"image_size": int(train_images.shape[-1]), "steps": rq.max_steps})
+
+        lpips_name = lpips_metric_name(lpips_pretrained)
+        metrics = evaluate_rqvae(model, val_images, lpips_net=lpips_net, lpips_name=lpips_name, batch_size=EVAL_BATCH, device=device)
+        metrics.update(
+            params=count_parameters(model),
+            final_loss=result.history[-1]["loss"],
+            train_seconds=round(result.seconds, 2),
+            steps_per_s=round(result.steps_per_s, 3),
+            peak_mem_bytes=result.peak_mem_bytes,
+        )
+        write_history_csv(LOSS_CSV, result.history, ["step", "loss", "recon", "commitment", "lpips", "lr"])
+        rows = [f"{k},{p:.4f},{s:.4f}" for k, (p, s) in enumerate(zip(metrics["psnr_by_levels"], metrics["ssim_by_levels"]), 1)]
+        atomic_write_text(LEVELS_CSV, "levels,psnr,ssim\n" + "\n".join(rows) + "\n")
+
+        shown = val_images[: cfg.evaluate.num_progressive]
+        by_levels, _ = progressive_rows(model, shown, device=device)
+        title = f"RQ-VAE: {metrics['grid'][0]}×{metrics['grid'][1]} codes × {rq.levels} levels, K={rq.codebook_size}"
+        render_progressive(PICTURE, shown.cpu(), by_levels, None, title=title)
+        run.log_artifact(PICTURE, "pictures")
+        run.write_metrics("rqvae", metrics)
+        cleanup_checkpoints(CHECKPOINT_DIR)
+    by_level = ", ".join(f"{v:.2f}" for v in metrics["psnr_by_levels"])
+    print(f"train_rqvae: val PSNR by levels [{by_level}] dB, {lpips_name} {metrics[lpips_name]:.4f} → {MODEL_DIR}")
+    return metrics

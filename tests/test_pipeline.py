@@ -1,0 +1,135 @@
+"""End to end: the whole toy DAG through DVC in a temporary copy of the repo.
+
+One `dvc repro` builds everything; the tests then check what a user would: every output and
+declared plot exists, a second repro runs nothing, an RQ-only experiment re-runs only the RQ
+stages and `dvc metrics diff` shows RQ metrics (and no SD metric) changing, MLflow holds one
+run per stage sharing a pipeline tag, and the GGUF decodes identically with the gguf package.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import dvc, make_repo_copy, ran_stages, run
+
+pytestmark = pytest.mark.slow
+
+STAGES = {"fetch_data", "preprocess", "fetch_base", "finetune_lora", "quantize", "benchmark",
+          "train_rqvae", "train_refiner", "evaluate"}
+RQ_STAGES = {"train_rqvae", "train_refiner", "evaluate"}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    repo = make_repo_copy(tmp_path_factory.mktemp("e2e"))
+    first = dvc("repro", cwd=repo)
+    assert ran_stages(first.stdout) == STAGES, first.stdout
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "toy results"], cwd=repo)
+    return repo
+
+
+def _declared_files(repo: Path) -> list[Path]:
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
+    files = []
+    for stage in spec["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                files.append(repo / (entry if isinstance(entry, str) else next(iter(entry))))
+    for entry in spec.get("plots", []):
+        if isinstance(entry, str):
+            files.append(repo / entry)
+    return files
+
+
+def test_every_declared_output_exists_and_is_not_empty(toy):
+    for path in _declared_files(toy):
+        assert path.exists(), f"{path.relative_to(toy)} missing"
+        if path.is_file():
+            assert path.stat().st_size > 0, f"{path.relative_to(toy)} is empty"
+        else:
+            assert any(path.iterdir()), f"{path.relative_to(toy)} is an empty folder"
+    report = (toy / "reports/report.md").read_text()
+    for picture in ("evaluate/sd_samples.png", "refiner/progressive.png", "benchmark/memory.png"):
+        assert picture in report and (toy / "reports" / picture).is_file()
+
+
+def test_headline_numbers_are_sane(toy):
+    head = json.loads((toy / "metrics/evaluate.json").read_text())
+    assert 0 < head["sd"]["unet_bpw"] < 16 and head["sd"]["unet_bytes_gguf"] < head["sd"]["unet_bytes_fp16"]
+    assert head["rq"]["levels"] == 4 and head["rq"]["bits_per_image"] > 0
+    rq = json.loads((toy / "metrics/rqvae.json").read_text())
+    assert len(rq["psnr_by_levels"]) == len(rq["codebook_usage"]) == len(rq["perplexity"]) == 4
+
+
+def test_gguf_decodes_identically_with_the_gguf_package(toy):
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize
+
+    from squeezegen.quant.gguf_io import read_gguf
+
+    ours, _ = read_gguf(toy / "models/quantized/unet.gguf")
+    q4k = 0
+    for tensor in GGUFReader(toy / "models/quantized/unet.gguf").tensors:
+        if tensor.tensor_type == GGMLQuantizationType.Q4_K:
+            q4k += 1
+            theirs = dequantize(tensor.data, tensor.tensor_type).reshape(-1)
+            assert np.array_equal(ours[tensor.name].dequantize().reshape(-1), theirs), tensor.name
+    assert q4k > 10
+
+
+def test_second_repro_runs_nothing(toy):
+    again = dvc("repro", cwd=toy)
+    assert ran_stages(again.stdout) == set(), again.stdout
+
+
+def test_lora_rank_only_touches_the_lora_stage(toy):
+    params = toy / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("rank: 4 ", "rank: 8 "))
+    try:
+        status = json.loads(dvc("status", "--json", cwd=toy).stdout)
+    finally:
+        params.write_text(original)
+    assert "finetune_lora" in status
+    assert not {"fetch_base", "preprocess", "fetch_data"} & set(status)
+
+
+def test_mlflow_has_one_run_per_stage_with_a_shared_tag(toy):
+    with sqlite3.connect(toy / "mlflow.db") as db:
+        rows = db.execute(
+            "SELECT r.run_uuid, t1.value, t2.value FROM runs r "
+            "JOIN tags t1 ON t1.run_uuid = r.run_uuid AND t1.key = 'stage' "
+            "JOIN tags t2 ON t2.run_uuid = r.run_uuid AND t2.key = 'pipeline_run'"
+        ).fetchall()
+    by_pipeline: dict[str, list[str]] = {}
+    for _, stage, pipe in rows:
+        by_pipeline.setdefault(pipe, []).append(stage)
+    # the first `dvc repro` ran all nine stages under one pipeline_run id, one MLflow run each
+    assert sorted(STAGES) in [sorted(stages) for stages in by_pipeline.values()], by_pipeline
+
+
+def test_rq_experiment_reruns_only_rq_stages_and_diff_shows_rq_metrics(toy):
+    exp = dvc("exp", "run", "-S", "rqvae.levels=2", cwd=toy)
+    assert ran_stages(exp.stdout) == RQ_STAGES, exp.stdout
+    diff = dvc("metrics", "diff", "--json", cwd=toy)
+    changed = json.loads(diff.stdout)
+    assert "metrics/rqvae.json" in changed and "metrics/refiner.json" in changed
+    for sd_file in ("metrics/lora.json", "metrics/quantize.json", "metrics/benchmark.json"):
+        assert sd_file not in changed, f"{sd_file} changed in an RQ-only experiment"
+    head = changed.get("metrics/evaluate.json", {})
+    assert head and all(key.startswith("rq.") for key in head), head
+    assert json.loads((toy / "metrics/rqvae.json").read_text())["bits_per_image"] < \
+        json.loads(run(["git", "show", "HEAD:metrics/rqvae.json"], cwd=toy).stdout)["bits_per_image"]
+
+
+def test_plots_show_renders_with_images(toy, tmp_path):
+    dvc("plots", "show", "-o", str(tmp_path / "plots"), cwd=toy)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "progressive.png" in html and "sd_samples.png" in html
+    assert list((tmp_path / "plots").rglob("*.png")), "image plots are copied next to the page"

@@ -1,0 +1,238 @@
+"""RQ-VAE and refiner: geometry, exact decoding from codes, level masking, training, saving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from squeezegen.errors import UserError
+from squeezegen.rq.evaluation import codebook_stats, evaluate_rqvae, reconstruct_image
+from squeezegen.rq.model import RQVAE, count_parameters, load_rqvae, save_rqvae
+from squeezegen.rq.refiner import Refiner, load_refiner, save_refiner
+from squeezegen.rq.train import make_rqvae_loss
+from squeezegen.train import LoopSettings, train
+
+
+def tiny_rqvae(*, levels: int = 3, downsample: int = 4, shared_codebook: bool = False, **kwargs) -> RQVAE:
+    torch.manual_seed(0)
+    depth = downsample.bit_length()  # log2(downsample) + 1 resolutions
+    return RQVAE(
+        levels=levels, codebook_size=16, code_dim=8, downsample=downsample, channels=[8] * depth,
+        shared_codebook=shared_codebook, **kwargs,
+    )
+
+
+def structured_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """uint8 (n, 3, size, size): coloured blocks and stripes, not white noise."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, 3, size, size), dtype=np.uint8)
+    for i in range(n):
+        out[i] = rng.integers(0, 256, (3, 1, 1))
+        y, x = rng.integers(0, size // 2, 2)
+        out[i, :, y : y + size // 2, x : x + size // 2] = rng.integers(0, 256, (3, 1, 1))
+        out[i, :, :, :: 4 + i % 3] //= 2
+    return torch.from_numpy(out)
+
+
+def signed(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 127.5 - 1
+
+
+def test_indices_have_one_code_per_grid_cell_and_level_at_full_geometry():
+    model = tiny_rqvae(levels=4, downsample=16).eval()  # 256 px → 16×16 grid, as in the full profile
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        recon, indices, losses = model(x)
+    assert indices.shape == (2, 16 * 16, 4)
+    assert recon.shape == x.shape
+    assert indices.min() >= 0 and indices.max() < 16
+    assert losses["commitment"].ndim == 0
+
+
+@pytest.mark.parametrize("shared_codebook", [False, True])
+def test_codes_rebuild_the_quantized_latent_exactly(shared_codebook):
+    model = tiny_rqvae(shared_codebook=shared_codebook)
+    model.train()(signed(structured_images(8)))  # k-means init + one EMA update, so codebooks are not trivial
+    model.eval()
+    with torch.no_grad():
+        quantized, indices, _ = model.quantize(signed(structured_images(4, seed=1)))
+        rebuilt = model.latent_from_indices(indices)
+    assert torch.allclose(rebuilt, quantized, atol=1e-6, rtol=0)
+    assert torch.allclose(model.decode_indices(indices), model(signed(structured_images(4, seed=1)))[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_decoding_with_k_levels_ignores_the_finer_levels(k):
+    model = tiny_rqvae(levels=3)
+    model.train()(signed(structured_images(8)))  # k-means init: codebooks start at zero before it
+    model.eval()
+    g = torch.Generator().manual_seed(k)
+    indices = torch.randint(0, 16, (2, 16, 3), generator=g)
+    with torch.no_grad():
+        base = model.decode_indices(indices, levels=k)
+        finer_changed = indices.clone()
+        finer_changed[..., k:] = torch.randint(0, 16, finer_changed[..., k:].shape, generator=g)
+        assert torch.equal(model.decode_indices(finer_changed, levels=k), base)
+        own_changed = indices.clone()
+        own_changed[..., k - 1] = (own_changed[..., k - 1] + 1) % 16  # a level that is used must matter
+        assert not torch.allclose(model.decode_indices(own_changed, levels=k), base)
+    with pytest.raises(ValueError):
+        model.decode_indices(indices, levels=4)
+
+
+def test_a_few_training_steps_lower_the_loss(tmp_path):
+    images = structured_images(16)
+    model = tiny_rqvae(levels=2)
+    loss_fn = make_rqvae_loss(recon_loss="l1")
+
+    def eval_recon_loss() -> float:
+        with torch.no_grad():
+            return float(loss_fn(model.eval(), [images], 0)[1]["recon"])
+
+    model.train()(signed(images))  # k-means init, so "before" is a working (untrained) quantizer
+    before = eval_recon_loss()
+    settings = LoopSettings(max_steps=30, lr=3e-3, checkpoint_every=1000, seed=0, batch_size=8, warmup_steps=2)
+    result = train(
+        model=model.train(), loss_fn=loss_fn, dataset=torch.utils.data.TensorDataset(images), settings=settings,
+        checkpoint_dir=tmp_path / "ckpt", fingerprint="test", desc="test_rqvae",
+    )
+    assert len(result.history) == 30 and {"recon", "commitment"} <= set(result.history[0])
+    assert eval_recon_loss() < 0.8 * before  # measured: 0.54 → 0.38
+
+
+def test_codebook_usage_and_perplexity_per_level():
+    one_code = torch.zeros(2, 8, 1, dtype=torch.long)  # one code everywhere
+    every_code = torch.arange(16).reshape(1, 16, 1)  # each of 16 codes once
+    usage, perplexity = codebook_stats(torch.cat([one_code.reshape(1, 16, 1), every_code], dim=-1), codebook_size=16)
+    assert usage == pytest.approx([1 / 16, 1.0])
+    assert perplexity == pytest.approx([1.0, 16.0])
+
+    model = tiny_rqvae(levels=3)
+    model.train()(signed(structured_images(8)))
+    lpips_stub = lambda a, b: (a - b).abs().mean(dim=(1, 2, 3))  # noqa: E731 — stands in for an LPIPS net
+    metrics = evaluate_rqvae(
+        model, structured_images(6, seed=3), lpips_net=lpips_stub, lpips_name="lpips_randnet", batch_size=4, device="cpu"
+    )
+    for key in ("codebook_usage", "perplexity", "psnr_by_levels", "ssim_by_levels"):
+        assert len(metrics[key]) == 3
+    assert all(0 < u <= 1 for u in metrics["codebook_usage"])
+    assert metrics["bits_per_image"] == 4 * 4 * 3 * 4  # 4×4 grid × 3 levels × log2(16) bits
+    assert metrics["psnr_by_levels"][-1] == pytest.approx(metrics["psnr"], abs=1e-3)
+
+
+@pytest.mark.parametrize("shared_codebook", [False, True])
+def test_save_and_load_give_identical_outputs(tmp_path, shared_codebook):
+    model = tiny_rqvae(shared_codebook=shared_codebook)
+    model.train()(signed(structured_images(8)))
+    model.eval()
+    save_rqvae(model, tmp_path / "rqvae", meta={"image_size": 16})
+    loaded = load_rqvae(tmp_path / "rqvae")
+    x = signed(structured_images(3, seed=5))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), model.encode(x))
+        assert torch.equal(loaded(x)[0], model(x)[0])
+        assert torch.equal(loaded.decode_indices(model.encode(x), levels=2), model.decode_indices(model.encode(x), levels=2))
+    assert loaded.meta == {"image_size": 16}
+    assert json.loads((tmp_path / "rqvae" / "config.json").read_text())["model"]["shared_codebook"] is shared_codebook
+    with pytest.raises(UserError, match="train_rqvae"):
+        load_rqvae(tmp_path / "missing")
+
+
+def test_refiner_starts_as_identity_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    refiner = Refiner.build(channels=[8, 16], image_size=16).eval()
+    x = signed(structured_images(2))
+    with torch.no_grad():
+        assert torch.equal(refiner(x), x)  # zero-initialised output conv
+        torch.nn.init.normal_(refiner.unet.conv_out.weight, std=0.1)  # pretend it was trained
+        out = refiner(x)
+        assert not torch.equal(out, x)
+        save_refiner(refiner, tmp_path / "refiner")
+        assert torch.equal(load_refiner(tmp_path / "refiner")(x), out)
+    with pytest.raises(UserError, match="train_refiner"):
+        load_refiner(tmp_path / "missing")
+
+
+def test_full_profile_refiner_size():
+    refiner = Refiner.build(channels=[64, 128, 256, 320], image_size=256)
+    assert 15e6 <= count_parameters(refiner) <= 25e6
+
+
+def test_reconstruct_image_levels_and_errors(tmp_path):
+    model = tiny_rqvae(levels=3)
+    model.train()(signed(structured_images(8)))
+    save_rqvae(model.eval(), tmp_path / "rqvae", meta={"image_size": 16})
+    torch.manual_seed(0)
+    refiner = Refiner.build(channels=[8, 16], image_size=16)
+    torch.nn.init.normal_(refiner.unet.conv_out.weight, std=0.1)  # not the identity, so refining shows
+    save_refiner(refiner, tmp_path / "refiner")
+    photo = Image.fromarray(structured_images(1, size=40)[0].permute(1, 2, 0).numpy()).crop((0, 0, 40, 30))
+    coarse = reconstruct_image(photo, rqvae_dir=tmp_path / "rqvae", levels=1)
+    full = reconstruct_image(photo, rqvae_dir=tmp_path / "rqvae", levels=3)
+    refined = reconstruct_image(photo, rqvae_dir=tmp_path / "rqvae", levels=None, refiner_dir=tmp_path / "refiner")
+    assert coarse.size == full.size == refined.size == (16, 16) and refined.mode == "RGB"
+    assert not np.array_equal(np.asarray(coarse), np.asarray(full))
+    assert not np.array_equal(np.asarray(full), np.asarray(refined))
+    for bad in (0, 4):
+        with pytest.raises(UserError, match="between 1 and 3"):
+            reconstruct_image(photo, rqvae_dir=tmp_path / "rqvae", levels=bad)
+
+
+
+def write_tiny_project(root: Path, *, size: int = 32) -> None:
+    """params.yaml (the repo's toy profile shrunk to seconds) + data/processed (24 train / 6 val images)."""
+    import datasets
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    toy = raw["profiles"]["toy"]
+    toy["data"]["rq_size"] = size
+    toy["rqvae"].update(downsample=4, channels=[4, 8, 8], max_steps=4, batch_size=8)
+    toy["refiner"].update(channels=[8, 16], max_steps=4, batch_size=8, lpips_pretrained=False)
+    raw["rqvae"].update(levels=3, codebook_size=16, code_dim=8, checkpoint_every=4)
+    raw["refiner"]["checkpoint_every"] = 4
+    raw["evaluate"]["num_progressive"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    features = datasets.Features({"image_rq": datasets.Image(), "image_id": datasets.Value("string")})
+
+    def split(n: int, seed: int) -> datasets.Dataset:
+        pixels = structured_images(n, size=size, seed=seed).permute(0, 2, 3, 1).numpy()  # (n, S, S, 3)
+        rows = {"image_rq": [Image.fromarray(p) for p in pixels], "image_id": [f"img{seed}_{i}" for i in range(n)]}
+        return datasets.Dataset.from_dict(rows, features=features)
+
+    datasets.DatasetDict(train=split(24, 0), val=split(6, 1)).save_to_disk(str(root / "data" / "processed"))
+
+
+def test_stages_write_models_metrics_curves_and_pictures(tmp_path, monkeypatch):
+    from squeezegen.stages import train_refiner, train_rqvae
+
+    write_tiny_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SQUEEZEGEN_MLFLOW", "0")
+
+    rq = train_rqvae.main()
+    assert json.loads(Path("metrics/rqvae.json").read_text()) == json.loads(json.dumps(rq))
+    for key in ("codebook_usage", "perplexity", "psnr_by_levels", "ssim_by_levels"):
+        assert len(rq[key]) == 3
+    assert rq["bits_per_image"] == 8 * 8 * 3 * 4 and "lpips_randnet" in rq
+    assert Path("metrics/rqvae_levels.csv").read_text().splitlines()[0] == "levels,psnr,ssim"
+    assert len(Path("metrics/rqvae_levels.csv").read_text().splitlines()) == 1 + 3
+    assert len(Path("metrics/rqvae_loss.csv").read_text().splitlines()) == 1 + 4
+    assert Path("reports/rq/progressive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_rqvae("models/rqvae").meta["image_size"] == 32
+    assert not Path("checkpoints/train_rqvae").exists()
+
+    ref = train_refiner.main()
+    for name in ("psnr", "ssim", "l1", "lpips_randnet"):
+        assert f"{name}_before" in ref and f"{name}_after" in ref
+    assert ref["psnr_before"] == pytest.approx(rq["psnr"], abs=1e-3)  # same frozen RQ-VAE, same val images
+    assert ref["params"] == count_parameters(load_refiner("models/refiner"))
+    assert len(Path("metrics/refiner_loss.csv").read_text().splitlines()) == 1 + 4
+    with Image.open("reports/refiner/progressive.png") as picture:
+        assert picture.format == "PNG"
+    assert not Path("checkpoints/train_refiner").exists()
