@@ -58,7 +58,8 @@ def _mutate(raw, path, value):
         ("rqvae.levels", "four", ["rqvae.levels", "an integer"]),
         ("rqvae.levels", True, ["rqvae.levels", "an integer"]),
         ("lora.lr", -1.0, ["lora.lr", "0.0 < value"]),
-        ("lora.mixed_precision", "fp8", ["lora.mixed_precision", "'no'", "'bf16'"]),
+        ("lora.mixed_precision", "fp8", ["lora.mixed_precision", "'fp32'", "'bf16'"]),
+        ("lora.mixed_precision", False, ["lora.mixed_precision", "'fp32'"]),
         ("quantize.unet_type", "Q3_K", ["quantize.unet_type", "'Q4_K'"]),
         ("quantize.keep_patterns", ["conv_in", "(unclosed"], ["quantize.keep_patterns[1]", "regular expression"]),
         ("benchmark.configs", ["q4k_unet"], ["benchmark.configs", "fp16"]),
@@ -105,3 +106,18 @@ def test_every_knob_in_params_yaml_is_commented():
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             assert "#" in stripped, f"params.yaml line {n} has no comment: {line!r}"
+
+
+def test_params_survive_a_dvc_style_rewrite(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel (YAML 1.2, strings unquoted); our YAML 1.1
+    loader must read the rewritten file to the same config (a bare `no` would turn into false)."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    data = rt.load((ROOT / "params.yaml").read_text())
+    data["rqvae"]["levels"] = 2
+    with open(tmp_path / "params.yaml", "w") as f:
+        rt.dump(data, f)
+    before, after = load_config(ROOT / "params.yaml"), load_config(tmp_path / "params.yaml")
+    assert after.rqvae.levels == 2
+    assert dataclasses.replace(after, rqvae=before.rqvae) == before

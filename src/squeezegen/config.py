@@ -80,7 +80,9 @@ class LoraConfig:
     max_grad_norm: float = _range(0.0, lo_open=True)
     grad_accum: int = _range(1)
     min_snr_gamma: float | None = _range(0.0, lo_open=True)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # "fp32" rather than accelerate's "no": a bare `no` in YAML 1.1 reads as false (and DVC's
+    # `exp run -S` writes strings unquoted), so the config keeps to unambiguous words.
+    mixed_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
     checkpoint_every: int = _range(1)

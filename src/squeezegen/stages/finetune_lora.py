@@ -41,7 +41,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         batch_size=lora.batch_size, checkpoint_every=lora.checkpoint_every, seed=cfg.seed, resolution=cfg.data.sd_size,
         lr_scheduler=lora.lr_scheduler, warmup_steps=lora.warmup_steps, weight_decay=lora.weight_decay,
         max_grad_norm=lora.max_grad_norm, grad_accum=lora.grad_accum, min_snr_gamma=lora.min_snr_gamma,
-        mixed_precision=lora.mixed_precision, gradient_checkpointing=lora.gradient_checkpointing,
+        mixed_precision="no" if lora.mixed_precision == "fp32" else lora.mixed_precision, gradient_checkpointing=lora.gradient_checkpointing,
         use_8bit_adam=lora.use_8bit_adam, num_workers=lora.num_workers, prompt_template=cfg.sd.prompt_template,
     )
     with stage_run("finetune_lora", cfg) as run:
