@@ -133,3 +133,39 @@ def test_plots_show_renders_with_images(toy, tmp_path):
     html = (tmp_path / "plots" / "index.html").read_text()
     assert "progressive.png" in html and "sd_samples.png" in html
     assert list((tmp_path / "plots").rglob("*.png")), "image plots are copied next to the page"
+
+
+def test_cli_tools_work_on_the_pipeline_outputs(toy, tmp_path):
+    check_cli_tools(toy, tmp_path)
+
+
+def check_cli_tools(repo: Path, out: Path) -> None:
+    """`generate` (base + LoRA, and compressed), `reconstruct` and `inspect` on real outputs."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from squeezegen.cli import app
+
+    cli = CliRunner()
+    params = ["--params", str(repo / "params.yaml")]
+    result = cli.invoke(app, ["inspect", str(repo / "models/quantized/unet.gguf")])
+    assert result.exit_code == 0 and "Q4_K" in result.output and "bits/weight" in result.output, result.output
+
+    result = cli.invoke(app, ["generate", "a cubist portrait painting", "--base", str(repo / "models/base"),
+                              "--lora", str(repo / "models/lora"), "--out", str(out / "lora.png"), *params])
+    assert result.exit_code == 0, result.output
+    result = cli.invoke(app, ["generate", "a cubist portrait painting", "--compressed", "--base",
+                              str(repo / "models/base"), "--quantized", str(repo / "models/quantized"),
+                              "--out", str(out / "compressed.png"), *params])
+    assert result.exit_code == 0 and "peak memory" in result.output, result.output
+    assert Image.open(out / "lora.png").size == Image.open(out / "compressed.png").size
+
+    source = out / "source.png"
+    Image.new("RGB", (80, 80), (200, 40, 40)).save(source)
+    for extra in ([], ["--refine"]):
+        result = cli.invoke(app, ["reconstruct", str(source), "--levels", "1", "--out", str(out / "rec.png"),
+                                  "--rqvae", str(repo / "models/rqvae"), "--refiner", str(repo / "models/refiner"), *extra])
+        assert result.exit_code == 0, result.output
+        assert Image.open(out / "rec.png").mode == "RGB"
+    result = cli.invoke(app, ["reconstruct", str(source), "--levels", "99", "--rqvae", str(repo / "models/rqvae")])
+    assert result.exit_code == 2 and "levels" in result.output
