@@ -99,9 +99,7 @@ def pipeline_run_id() -> str:
             cmdline = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             break
-        if any(os.path.basename(part) in (b"dvc",) or part.endswith(b"/dvc") for part in cmdline[:3]) or (
-            len(cmdline) > 2 and cmdline[1:3] == [b"-m", b"dvc"]
-        ):
+        if any(os.path.basename(part) == b"dvc" for part in cmdline[:3]) or cmdline[1:3] == [b"-m", b"dvc"]:
             key = f"{ppid}-{_proc_start(ppid)}"
             return hashlib.sha1(key.encode()).hexdigest()[:12]
         if ppid <= 1:
