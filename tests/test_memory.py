@@ -70,6 +70,7 @@ def test_module_bytes_counts_params_and_buffers_once():
     assert got["bytes"] == (256 * 64 + 64) * 4 + 10 * 2
     assert got["by_dtype"] == {"float16": 20, "float32": (256 * 64 + 64) * 4}
     assert got["devices"] == ["cpu"]
+    assert got["by_device"] == {"cpu": got["bytes"]}
 
 
 def test_packed_gguf_weight_counts_at_packed_size():

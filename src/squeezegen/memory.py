@@ -233,16 +233,18 @@ def tensor_bytes(tensors: Iterator[torch.Tensor] | list[torch.Tensor]) -> int:
 
 def module_bytes(module: nn.Module) -> dict[str, Any]:
     """Exact resident bytes of one module: params + buffers (GGUF packed weights at their
-    packed size), by dtype, and the devices they sit on."""
+    packed size), by dtype, and by the device they sit on."""
     tensors = [*module.parameters(), *module.buffers()]
     by_dtype: dict[str, int] = {}
     for t in tensors:
         name = str(t.dtype).removeprefix("torch.")
         by_dtype[name] = by_dtype.get(name, 0) + t.numel() * t.element_size()
+    devices = sorted({str(t.device) for t in tensors})
     return {
         "bytes": tensor_bytes(tensors),
         "by_dtype": dict(sorted(by_dtype.items())),
-        "devices": sorted({str(t.device) for t in tensors}),
+        "devices": devices,
+        "by_device": {d: tensor_bytes([t for t in tensors if str(t.device) == d]) for d in devices},
     }
 
 
@@ -252,5 +254,9 @@ def component_bytes(pipe: Any, extra: dict[str, nn.Module] | None = None) -> dic
     modules = {name: m for name, m in getattr(pipe, "components", {}).items() if isinstance(m, nn.Module)}
     modules.update({name: m for name, m in (extra or {}).items() if isinstance(m, nn.Module)})
     out = {name: module_bytes(m) for name, m in modules.items()}
-    out["total"] = {"bytes": sum(entry["bytes"] for entry in out.values())}
+    by_device: dict[str, int] = {}
+    for entry in out.values():
+        for device, n in entry["by_device"].items():
+            by_device[device] = by_device.get(device, 0) + n
+    out["total"] = {"bytes": sum(entry["bytes"] for entry in out.values()), "by_device": dict(sorted(by_device.items()))}
     return out

@@ -4,15 +4,23 @@ The packed bytes are a uint8 buffer named `weight` (so `.to(device)` moves them 
 state-dict key stays `<module>.weight`, as in diffusers); each forward decodes them to the
 input's dtype, restores the true shape and calls F.linear / F.conv2d. diffusers' own GGUF
 loader only swaps nn.Linear, so the conv variant (and Q4_K convs stored as rows of 256) is ours.
+
+Q4_K weights on a CUDA device decode with the fused Triton kernel (q4k_triton) when Triton is
+installed, else with the torch decode; SQUEEZEGEN_Q4K_DECODE=torch forces the torch decode
+(for comparisons), =triton makes a missing Triton an error instead of a silent fallback.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
+from squeezegen.errors import UserError
+from squeezegen.quant import q4k_triton
 from squeezegen.quant.q4k import dequantize_q4_k_torch
 
 FLOAT_QTYPES = (GGMLQuantizationType.F16, GGMLQuantizationType.F32)
@@ -32,6 +40,23 @@ def dequantize_q8_0_torch(packed: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     return (scale * quants).reshape(*lead, -1)  # [..., 32·n]
 
 
+DECODE_ENV = "SQUEEZEGEN_Q4K_DECODE"
+DECODERS = ("auto", "torch", "triton")
+
+
+def q4k_decoder(device: torch.device) -> str:
+    """Which Q4_K decode runs for tensors on `device`: "triton" (CUDA + Triton) or "torch"."""
+    choice = os.environ.get(DECODE_ENV, "auto").strip().lower() or "auto"
+    if choice not in DECODERS:
+        raise UserError(f"{DECODE_ENV}={choice!r}: choose one of {', '.join(DECODERS)}")
+    if choice == "triton" and not q4k_triton.available():
+        raise UserError(f"{DECODE_ENV}=triton but Triton is not installed (pip install triton), "
+                        f"or unset {DECODE_ENV} to use the torch decode")
+    if choice == "torch" or device.type != "cuda" or not q4k_triton.available():
+        return "torch"
+    return "triton"
+
+
 def dequantize_torch(
     packed: torch.Tensor, qtype: GGMLQuantizationType, shape: torch.Size | tuple[int, ...], dtype: torch.dtype
 ) -> torch.Tensor:
@@ -41,7 +66,10 @@ def dequantize_torch(
     elif qtype == GGMLQuantizationType.Q8_0:
         weight = dequantize_q8_0_torch(packed, dtype)
     elif qtype == GGMLQuantizationType.Q4_K:
-        weight = dequantize_q4_k_torch(packed, dtype)
+        if q4k_decoder(packed.device) == "triton":
+            weight = q4k_triton.dequantize_q4_k_triton(packed, dtype)
+        else:
+            weight = dequantize_q4_k_torch(packed, dtype)
     else:
         raise NotImplementedError(f"no torch decoder for GGUF type {qtype.name}")
     return weight.reshape(shape)

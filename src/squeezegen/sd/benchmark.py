@@ -26,6 +26,7 @@ from PIL import Image
 
 from squeezegen.data.captions import GENRES, STYLES, caption_for
 from squeezegen.memory import device_name, free_memory
+from squeezegen.quant.modules import q4k_decoder
 from squeezegen.sd.compressed import CONFIGS, build_pipeline, generate
 
 REFERENCE = "fp16"
@@ -115,6 +116,11 @@ def run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
         "load_seconds": bundle.load_seconds,
         "resident_bytes": {name: entry["bytes"] for name, entry in resident.items()},
         "weights_bytes": resident["total"]["bytes"],
+        # On a GPU the CPU VAE's fp32 weights count in weights_bytes but not here.
+        "device_weights_bytes": sum(
+            n for where, n in resident["total"]["by_device"].items() if torch.device(where).type == device.type
+        ),
+        "q4k_decoder": q4k_decoder(device),
         "phases": {
             name: {key: p[key] for key in ("peak_bytes", "peak_allocated", "peak_reserved", "peak_rss")}
             for name, p in peak["phases"].items()
@@ -240,11 +246,14 @@ def memory_table(summary: dict[str, Any], lpips_name: str = "lpips") -> str:
     peak_label = "peak allocated (MiB)" if cuda else "peak RSS (MiB)"
     head = [
         "configuration", peak_label, "vs fp16", "peak reserved (MiB)" if cuda else "RSS above start (MiB)",
-        "weights resident (MiB)", "s / image", "PSNR vs fp16 (dB)", f"{lpips_name} vs fp16",
+        "weights resident (MiB)", *(["weights on GPU (MiB)"] if cuda else []), "s / image",
+        "PSNR vs fp16 (dB)", f"{lpips_name} vs fp16",
     ]
     lines = [
         f"Device: {summary['device']} · arch: {summary['arch']} · {summary['settings']['size']} px, "
-        f"{summary['settings']['steps']} steps, guidance {summary['settings']['guidance']}, batch 1",
+        f"{summary['settings']['steps']} steps, guidance {summary['settings']['guidance']}, batch 1"
+        + "".join(sorted({f" · Q4_K decode: {summary[n]['q4k_decoder']}" for n in summary["configs"]
+                          if n != REFERENCE and summary[n].get("q4k_decoder")})),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -257,6 +266,7 @@ def memory_table(summary: dict[str, Any], lpips_name: str = "lpips") -> str:
             _num(m["peak_mem_ratio"], ".2f"),
             _mib(m["peak_reserved"] if cuda else m.get("peak_rss_above_baseline")),
             _mib(m["weights_bytes"]),
+            *([_mib(m.get("device_weights_bytes"))] if cuda else []),
             _num(m["seconds_per_image"], ".2f"),
             _num(m.get("psnr"), ".1f"),
             _num(m.get(lpips_name), ".3f"),
