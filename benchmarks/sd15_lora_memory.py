@@ -53,17 +53,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def random_dataset(n: int, resolution: int, seed: int):
-    """`n` random RGB images with LAPIS-style captions, as the processed dataset's columns."""
-    import datasets
-    import numpy as np
-    from PIL import Image
+class RandomCaptionedImages:
+    """`n` random RGB images with LAPIS-style captions, read the way `CaptionedImages` reads the
+    processed `datasets` table (`rows["caption"]`, `rows[i]["image_sd"]`); plain Python so the
+    benchmark runs where `datasets` is not installed."""
 
-    from squeezegen.sd.benchmark import benchmark_prompts
+    def __init__(self, n: int, resolution: int, seed: int) -> None:
+        import numpy as np
 
-    rng = np.random.default_rng(seed)
-    images = [Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)) for _ in range(n)]
-    return datasets.Dataset.from_dict({"image_sd": images, "caption": benchmark_prompts(n)})
+        from squeezegen.sd.benchmark import benchmark_prompts
+
+        self.rng = np.random.default_rng(seed)
+        self.resolution, self.captions = resolution, benchmark_prompts(n)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, key):
+        import numpy as np
+        from PIL import Image
+
+        if key == "caption":
+            return self.captions
+        pixels = self.rng.integers(0, 256, (self.resolution, self.resolution, 3), dtype=np.uint8)
+        return {"image_sd": Image.fromarray(pixels), "caption": self.captions[key]}
 
 
 def run_variant(name: str, base_dir: str, args: argparse.Namespace) -> dict:
@@ -95,7 +108,7 @@ def run_variant(name: str, base_dir: str, args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="lora_bench_") as tmp:
         result = train_lora(
-            base_dir=base_dir, dataset=random_dataset(max(8, 2 * args.batch_size), args.resolution, args.seed),
+            base_dir=base_dir, dataset=RandomCaptionedImages(max(8, 2 * args.batch_size), args.resolution, args.seed),
             settings=settings, out_dir=Path(tmp) / "lora", checkpoint_dir=Path(tmp) / "ckpt",
             fingerprint=f"sd15_lora_memory:{name}", accelerator=accelerator, on_log=on_log,
         )
