@@ -1,0 +1,62 @@
+"""The benchmark scripts run end to end at toy scale (their real-scale figures are GPU runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from squeezegen.sd.hub import fetch_base
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_q4k_decode_bench_on_cpu_times_the_torch_decode(tmp_path):
+    bench = load_script("q4k_decode_bench")
+    out = tmp_path / "decode.json"
+    result = bench.main(["--device", "cpu", "--rows", "8", "--cols", "512", "--repeats", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert "triton" not in result  # the kernel is for CUDA tensors
+    torch_row = result["torch"]
+    assert result["n_weights"] == 8 * 512 and result["dtype"] == "float32"
+    assert torch_row["seconds"] > 0
+    assert math.isclose(torch_row["mweights_per_s"], 8 * 512 / torch_row["seconds"] / 1e6)
+    assert math.isclose(torch_row["sd15_unet_ms"], bench.SD15_UNET_WEIGHTS / (torch_row["mweights_per_s"] * 1e6) * 1e3)
+
+
+def test_lora_memory_rows_read_like_the_processed_dataset():
+    bench = load_script("sd15_lora_memory")
+    rows = bench.RandomCaptionedImages(5, 32, seed=0)
+    assert len(rows) == 5 and len(rows["caption"]) == 5 and all(isinstance(c, str) and c for c in rows["caption"])
+    row = rows[3]
+    assert row["image_sd"].size == (32, 32) and row["image_sd"].mode == "RGB" and row["caption"] == rows["caption"][3]
+
+
+def test_lora_memory_variant_trains_on_a_tiny_base(tmp_path):
+    """One variant through the real finetune_lora code on the toy base (CPU: fp32, peak RSS)."""
+    bench = load_script("sd15_lora_memory")
+    base = fetch_base("tiny", tmp_path / "base", seed=0)
+    args = bench.parse_args(["--resolution", "64", "--batch-size", "2", "--steps", "3"])
+    r = bench.run_variant("ckpt", str(base), args)
+    assert r["device"] == "cpu" and r["mixed_precision"] == "no"  # a CPU trains in fp32
+    assert r["gradient_checkpointing"] is True and r["use_8bit_adam"] is False
+    assert r["peak_mem_bytes"] > 0 and r["steps_per_s"] > 0
+    assert 0 < r["trainable_params"] < r["unet_params"]
+    assert r["final_loss"] is not None and math.isfinite(r["final_loss"])
+
+
+def test_lora_memory_rejects_unknown_variants():
+    bench = load_script("sd15_lora_memory")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--variants", "fastest"])
