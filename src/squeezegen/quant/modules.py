@@ -20,7 +20,6 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
 from squeezegen.errors import UserError
-from squeezegen.quant import q4k_triton
 from squeezegen.quant.q4k import dequantize_q4_k_torch
 
 FLOAT_QTYPES = (GGMLQuantizationType.F16, GGMLQuantizationType.F32)
@@ -45,16 +44,24 @@ DECODERS = ("auto", "torch", "triton")
 
 
 def q4k_decoder(device: torch.device) -> str:
-    """Which Q4_K decode runs for tensors on `device`: "triton" (CUDA + Triton) or "torch"."""
+    """Which Q4_K decode runs for tensors on `device`: "triton" (CUDA + Triton) or "torch".
+
+    Called on every forward; Triton is imported only when the kernel could be chosen, so CPU
+    runs never pay for it.
+    """
     choice = os.environ.get(DECODE_ENV, "auto").strip().lower() or "auto"
     if choice not in DECODERS:
         raise UserError(f"{DECODE_ENV}={choice!r}: choose one of {', '.join(DECODERS)}")
-    if choice == "triton" and not q4k_triton.available():
-        raise UserError(f"{DECODE_ENV}=triton but Triton is not installed (pip install triton), "
-                        f"or unset {DECODE_ENV} to use the torch decode")
-    if choice == "torch" or device.type != "cuda" or not q4k_triton.available():
+    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
         return "torch"
-    return "triton"
+    from squeezegen.quant import q4k_triton
+
+    if not q4k_triton.available():
+        if choice == "triton":
+            raise UserError(f"{DECODE_ENV}=triton but Triton is not installed (pip install triton), "
+                            f"or unset {DECODE_ENV} to use the torch decode")
+        return "torch"
+    return "triton" if device.type == "cuda" else "torch"
 
 
 def dequantize_torch(
@@ -67,7 +74,9 @@ def dequantize_torch(
         weight = dequantize_q8_0_torch(packed, dtype)
     elif qtype == GGMLQuantizationType.Q4_K:
         if q4k_decoder(packed.device) == "triton":
-            weight = q4k_triton.dequantize_q4_k_triton(packed, dtype)
+            from squeezegen.quant.q4k_triton import dequantize_q4_k_triton
+
+            weight = dequantize_q4_k_triton(packed, dtype)
         else:
             weight = dequantize_q4_k_torch(packed, dtype)
     else:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import torch
 
+from squeezegen.quant.q4k import BLOCK_BYTES, QK_K
+
 try:
     import triton
     import triton.language as tl
 except ImportError:  # CPU-only installs: callers use the torch decode instead
     triton = None
 
-QK_K, BLOCK_BYTES = 256, 144
 ELEMENTS_PER_PROGRAM = 2048  # 8 super-blocks per program
 
 
