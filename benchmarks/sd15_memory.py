@@ -71,7 +71,9 @@ def load_policy(params: str):
     from squeezegen.config import load_config
     from squeezegen.stages.quantize import quant_policy
 
-    return quant_policy(load_config(params).quantize), f"{params} quantize:"
+    path = Path(params).resolve()
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path  # no machine paths for repo files
+    return quant_policy(load_config(params).quantize), f"{shown} quantize:"
 
 
 def main(argv: list[str] | None = None) -> dict:
