@@ -64,3 +64,15 @@ def ran_stages(output: str) -> set[str]:
 @pytest.fixture(scope="session")
 def repo_copy(tmp_path_factory) -> Path:
     return make_repo_copy(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tests: on a shared 2-core machine two contending
+    threads run ~10× slower. Modules opt in with `pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,13 +15,7 @@ SIZE, STEPS = 64, 3  # the toy size: at 32 px the tiny latent (4×4) makes a ran
 PROMPT = "an impressionist landscape painting"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared by many processes: one intra-op thread is far faster than two contending."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread per module
 
 
 def make_lora(pipe, out_dir, *, seed: int = 0, std: float = 0.05):

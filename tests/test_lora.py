@@ -22,13 +22,7 @@ SIZE = 32  # px: 4×4 latents keep every step cheap
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two contending threads run ~10× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread per module
 
 
 @pytest.fixture(scope="module")

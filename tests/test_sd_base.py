@@ -15,13 +15,7 @@ from squeezegen.sd.hub import fetch_base
 from squeezegen.sd.tiny import build_tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two contending threads run ~10× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread per module
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

@@ -16,7 +16,9 @@ from torch.utils.data import TensorDataset
 
 from squeezegen.errors import UserError
 from squeezegen.train import LoopSettings, TrainResult, cleanup_checkpoints, train
-from test_lora import one_torch_thread, tiny_art_dataset, tiny_base_dir  # noqa: F401  (shared fixtures)
+from test_lora import tiny_art_dataset, tiny_base_dir  # noqa: F401  (shared fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread per module
 
 TRUE_W = torch.tensor([[2.0, -1.0, 0.5]])  # (1, 3)
 
