@@ -73,10 +73,12 @@ def test_benchmark_stage_measures_every_configuration(stage_dir, stage_outputs):
     assert written == json.loads(json.dumps(returned))
     assert written["configs"] == list(CONFIGS) and written["arch"] == "pipeline"
     assert written["device"].startswith("cpu") and written["peak_metric"] == "peak_rss"
+    assert written["q4k_decoder"] == "torch"  # the Triton kernel is for CUDA tensors
     for name in CONFIGS:
         m = written[name]
         assert m["device_name"] == written["device"]
         assert m["peak_bytes"] == m["peak_rss"] > m["weights_bytes"] > 0
+        assert m["device_weights_bytes"] == m["weights_bytes"]  # on a CPU every weight is on the device
         assert m["seconds_per_image"] > 0 and len(m["seconds"]) == 1
         assert m["rss_method"]
     assert written["fp16"]["peak_mem_ratio"] == 1.0

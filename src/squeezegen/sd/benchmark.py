@@ -120,7 +120,6 @@ def run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
         "device_weights_bytes": sum(
             n for where, n in resident["total"]["by_device"].items() if torch.device(where).type == device.type
         ),
-        "q4k_decoder": q4k_decoder(device),
         "phases": {
             name: {key: p[key] for key in ("peak_bytes", "peak_allocated", "peak_reserved", "peak_rss")}
             for name, p in peak["phases"].items()
@@ -222,6 +221,7 @@ def summarize(
         device_type=torch.device(job.device).type,
         arch=arch,
         peak_metric="peak_allocated" if torch.device(job.device).type == "cuda" else "peak_rss",
+        q4k_decoder=q4k_decoder(torch.device(job.device)),  # the same for every configuration of a run
         settings={k: v for k, v in asdict(job).items() if k not in ("base_dir", "lora_dir", "quant_dir")},
         configs=list(results),
     )
@@ -252,8 +252,7 @@ def memory_table(summary: dict[str, Any], lpips_name: str = "lpips") -> str:
     lines = [
         f"Device: {summary['device']} · arch: {summary['arch']} · {summary['settings']['size']} px, "
         f"{summary['settings']['steps']} steps, guidance {summary['settings']['guidance']}, batch 1"
-        + "".join(sorted({f" · Q4_K decode: {summary[n]['q4k_decoder']}" for n in summary["configs"]
-                          if n != REFERENCE and summary[n].get("q4k_decoder")})),
+        + (f" · Q4_K decode: {summary['q4k_decoder']}" if summary.get("q4k_decoder") else ""),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
