@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -161,15 +162,26 @@ DDP_SCRIPT = textwrap.dedent(
 
     from squeezegen.sd.lora import LoraSettings, train_lora
 
-    base, data, out, ckpt = map(Path, sys.argv[1:5])
+    base, data, out, ckpt, report = map(Path, sys.argv[1:6])
     settings = LoraSettings(rank=2, alpha=2, target_modules=("to_q", "to_k", "to_v", "to_out.0"), lr=1e-3,
                             max_steps=2, batch_size=2, checkpoint_every=1, seed=0, resolution=32)
     result = train_lora(base_dir=base, dataset=datasets.load_from_disk(str(data)), settings=settings, out_dir=out,
                         checkpoint_dir=ckpt, fingerprint="ddp")
     losses = json.dumps([h["loss"] for h in result.train.history])
-    print("RANK", dist.get_rank(), "WORLD", dist.get_world_size(), dist.get_backend(), "LOSSES", losses, flush=True)
+    # A file per rank, not stdout: the launcher relays workers' output asynchronously, and under
+    # load a short run can end before a line is relayed.
+    line = f"RANK {dist.get_rank()} WORLD {dist.get_world_size()} {dist.get_backend()} LOSSES {losses}"
+    (report / f"rank{dist.get_rank()}.txt").write_text(line)
     """
 )
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (a fixed rendezvous port collides when two test runs
+    share a machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(180)
@@ -178,17 +190,18 @@ def test_accelerate_launch_two_cpu_processes_trains_lora(tmp_path, tiny_base_dir
     `--multi_gpu` with ACCELERATE_USE_CPU=1 starts them torchrun-style, and accelerate then picks MULTI_CPU/gloo."""
     script = tmp_path / "ddp_lora.py"
     script.write_text(DDP_SCRIPT)
-    out = tmp_path / "lora"
+    out, report = tmp_path / "lora", tmp_path / "ranks"
+    report.mkdir()
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-        str(script), str(tiny_base_dir), str(tiny_art_dataset), str(out), str(tmp_path / "ckpt"),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        str(script), str(tiny_base_dir), str(tiny_art_dataset), str(out), str(tmp_path / "ckpt"), str(report),
     ]
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK "))
-    assert [line.split(" LOSSES ")[0] for line in lines] == ["RANK 0 WORLD 2 gloo", "RANK 1 WORLD 2 gloo"]
+    lines = sorted(f.read_text() for f in report.glob("rank*.txt"))
+    assert [line.split(" LOSSES ")[0] for line in lines] == ["RANK 0 WORLD 2 gloo", "RANK 1 WORLD 2 gloo"], proc.stderr[-5000:]
     losses = {line.split(" LOSSES ")[1] for line in lines}
     assert len(losses) == 1 and len(json.loads(losses.pop())) == 2  # both ranks log the same cross-process mean loss
     assert sorted(p.name for p in out.iterdir()) == ["pytorch_lora_weights.safetensors"]
