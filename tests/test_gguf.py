@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import struct
 
@@ -245,3 +246,119 @@ def test_corrupt_array_length_fails_fast(q4k_file, tmp_path):
     bad.write_bytes(bytes(raw))
     with pytest.raises(UserError, match="not a complete GGUF file"):
         read_gguf(bad)
+
+
+# --- what a strict reader refuses (issue 13: ggml's checks, findings a-d) -----------------------
+
+
+def _info_fields(raw: bytes, name: str) -> dict[str, int]:
+    """Byte positions of one tensor info's fields in a little-endian file written by our writer."""
+    key = name.encode()
+    at = raw.rindex(struct.pack("<Q", len(key)) + key)  # tensor infos follow the metadata
+    rank = at + 8 + len(key)
+    type_at = rank + 4 + 8 * struct.unpack_from("<I", raw, rank)[0]
+    return {"info": at, "name": at + 8, "rank": rank, "dims": rank + 4, "type": type_at, "offset": type_at + 4}
+
+
+def _corrupted(path, tmp_path, edit):
+    """A copy of `path` after `edit(bytearray)`."""
+    raw = bytearray(path.read_bytes())
+    edit(raw)
+    bad = tmp_path / "corrupt.gguf"
+    bad.write_bytes(bytes(raw))
+    return bad
+
+
+def test_non_utf8_strings_raise_user_error_not_buffer_error(q4k_file, tmp_path):
+    """Finding (a): a non-UTF-8 string raised BufferError (a memoryview outlived the mmap)."""
+    path, _ = q4k_file
+    raw = path.read_bytes()
+    name_at = _info_fields(raw, TO_K)["name"]
+    value_at = raw.index(b"tiny-sd")  # the squeezegen.base_model value
+    key_at = raw.index(b"squeezegen.steps")
+    for at in (name_at, value_at, key_at):
+        bad = _corrupted(path, tmp_path, lambda b: b.__setitem__(at, 0xFF))
+        with pytest.raises(UserError, match=rf"at byte {at - 8} is not UTF-8: b'\\xff"):
+            read_gguf(bad)
+
+
+def test_moved_offsets_and_retyped_biases_are_refused(q4k_file, tmp_path):
+    """Finding (b): offsets were only checked to lie inside the file, so gguf's reader (and ours)
+    read another tensor's bytes; ggml requires each offset to be the running aligned total."""
+    path, _ = q4k_file
+    fields = _info_fields(path.read_bytes(), TO_K)
+
+    def move(raw):
+        struct.pack_into("<Q", raw, fields["offset"], struct.unpack_from("<Q", raw, fields["offset"])[0] + 32)
+
+    bad = _corrupted(path, tmp_path, move)
+    assert {t.name for t in GGUFReader(bad).tensors} >= {TO_K}  # gguf's own reader takes it
+    where = rf"tensor '{re.escape(TO_K)}' \(info at byte {fields['info']}\)"
+    with pytest.raises(UserError, match=where + " has data offset"):
+        read_gguf(bad)
+
+    bias = _info_fields(path.read_bytes(), "conv_in.bias")
+    assert path.read_bytes()[bias["type"]] == T.F16
+    bad = _corrupted(path, tmp_path, lambda raw: raw.__setitem__(bias["type"], T.F32))
+    with pytest.raises(UserError, match="has data offset .* but the tensors before it end at"):
+        read_gguf(bad)
+
+
+@pytest.mark.parametrize(("name", "qtype"), [(TO_K, T.BF16), ("conv_in.bias", T.Q5_0), (CONV3, T.Q4_0)])
+def test_types_the_runtime_cannot_decode_are_refused(q4k_file, tmp_path, name, qtype):
+    """Finding (c): a Q4_K weight retyped BF16 failed at the first forward, a bias retyped Q5_0
+    decoded to garbage; Q4_0 even has Q4_K's size (144 bytes per 256 weights)."""
+    path, _ = q4k_file
+    at = _info_fields(path.read_bytes(), name)["type"]
+    bad = _corrupted(path, tmp_path, lambda raw: struct.pack_into("<I", raw, at, qtype))
+    with pytest.raises(UserError, match=rf"has type {qtype.name}, which squeezegen does not decode \(F16, F32"):
+        read_gguf(bad)
+
+
+def test_error_messages_escape_control_bytes(q4k_file, tmp_path):
+    """Finding (d): corrupted names reached the terminal as raw control bytes."""
+    path, _ = q4k_file
+    fields = _info_fields(path.read_bytes(), TO_K)
+
+    def edit(raw):
+        raw[fields["name"]] = 0x1B  # ESC: would start a terminal escape sequence
+        raw[fields["name"] + 1] = ord("\n")
+        struct.pack_into("<I", raw, fields["type"], T.BF16)
+
+    bad = _corrupted(path, tmp_path, edit)
+    with pytest.raises(UserError) as err:
+        read_gguf(bad)
+    message = str(err.value)
+    assert "'\\x1b\\n" in message and "\x1b" not in message and "\n" not in message
+
+
+def test_policy_check_refuses_types_the_stored_policy_would_not_choose(q4k_file, tmp_path):
+    path, _ = q4k_file
+    at = path.read_bytes().index(b'"unet_type": "Q4_K"')  # in the squeezegen.policy JSON
+    bad = _corrupted(path, tmp_path, lambda b: b.__setitem__(slice(at, at + 19), b'"unet_type": "Q8_0"'))
+    with pytest.raises(UserError, match="is stored as Q4_K .* but the file's policy stores it as Q8_0"):
+        read_gguf(bad)
+
+
+def test_structural_facts_ggml_checks(q4k_file, tmp_path):
+    """Rank, dims, element counts of recorded shapes, padding and the file's end, one by one."""
+    path, _ = q4k_file
+    raw = path.read_bytes()
+    to_k, conv = _info_fields(raw, TO_K), _info_fields(raw, CONV3)
+    shape_key = f"comfy.gguf.orig_shape.{CONV3}".encode()
+    shape_at = raw.index(shape_key) + len(shape_key)  # value type, item type, count, items
+    cases = [
+        (lambda b: struct.pack_into("<I", b, to_k["rank"], 0), "has rank 0"),
+        (lambda b: struct.pack_into("<I", b, to_k["rank"], 5), "has rank 5"),
+        (lambda b: struct.pack_into("<Q", b, to_k["dims"] + 8, 0), "dims must be positive"),
+        (lambda b: struct.pack_into("<Q", b, conv["dims"] + 8, 1 << 62), "product below 2"),
+        (lambda b: struct.pack_into("<Q", b, to_k["dims"], 100), "not whole Q4_K blocks"),
+        (lambda b: struct.pack_into("<i", b, shape_at + 16, 4), r"says \(4, 32, 3, 3\), but .* has 9216 elements"),
+        (lambda b: struct.pack_into("<I", b, shape_at + 4, 6), "is not an array of integers"),  # FLOAT32
+        (lambda b: b.extend(b"\0" * 32), "the file has .* bytes, but its last tensor"),
+        (lambda b: b.__setitem__(len(b) - 1, 1), "padding after tensor 'conv_out.bias'"),
+    ]
+    for edit, message in cases:
+        bad = _corrupted(path, tmp_path, edit)
+        with pytest.raises(UserError, match=message):
+            read_gguf(bad)

@@ -31,13 +31,12 @@ from tqdm.auto import tqdm
 import squeezegen
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path
-from squeezegen.quant.gguf_check import check_gguf_layout
+from squeezegen.quant.gguf_check import ORIG_SHAPE_PREFIX, check_gguf
 from squeezegen.quant.policy import QuantPolicy, TensorPlan, choose_type, tensor_nbytes
 from squeezegen.quant.q4k import dequantize_q4_k, quantize_q4_k
 from squeezegen.quant.report import QuantReport, TensorRecord
 
 ARCHITECTURE = "sd1"
-ORIG_SHAPE_PREFIX = "comfy.gguf.orig_shape."
 META_PREFIX = "squeezegen."
 FLOAT_DTYPES = {GGMLQuantizationType.F16: np.float16, GGMLQuantizationType.F32: np.float32}
 
@@ -215,42 +214,32 @@ def _field_value(field: Any) -> Any:
 
 
 def read_gguf(path: str | os.PathLike) -> tuple[dict[str, GGUFTensor], dict[str, Any]]:
-    """Open a GGUF file: (tensors by name, metadata by key).
+    """Open a GGUF file: (tensors by name, in file order; metadata by key).
 
     Metadata excludes the reader's `GGUF.*` pseudo-fields and the `comfy.gguf.orig_shape.*`
-    entries (those become the tensors' `shape`). Raises UserError if the file is not a valid,
-    complete GGUF file.
+    entries (those become the tensors' `shape`). The file is checked first, as strictly as
+    ggml does (`check_gguf`); raises UserError if it is not a valid, complete GGUF file.
     """
     path = Path(path)
-    check_gguf_layout(path)  # bounds-checks every length first: GGUFReader trusts them
+    layout = check_gguf(path)  # GGUFReader trusts every length and offset; the check does not
     try:
         reader = GGUFReader(path)
     except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not a valid GGUF file ({err}). Re-create it with the quantize stage.") from err
+        raise UserError(f"{path} is not a valid GGUF file ({err!r}). Re-create it with the quantize stage.") from err
+    if [(t.name, t.data_offset, t.n_bytes) for t in reader.tensors] != [
+        (t.name, t.offset, t.nbytes) for t in layout.tensors
+    ]:  # both walked the same bytes: a difference is a bug in one of them, not in the file
+        raise RuntimeError(f"{path}: gguf's reader and check_gguf disagree on the tensor layout")
 
-    orig_shapes: dict[str, tuple[int, ...]] = {}
-    metadata: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        if key.startswith(ORIG_SHAPE_PREFIX):
-            orig_shapes[key[len(ORIG_SHAPE_PREFIX) :]] = tuple(int(d) for d in field.contents())
-        else:
-            metadata[key] = _field_value(field)
-
+    metadata = {
+        key: _field_value(field)
+        for key, field in reader.fields.items()
+        if not key.startswith(("GGUF.", ORIG_SHAPE_PREFIX))
+    }
     tensors: dict[str, GGUFTensor] = {}
-    for t in reader.tensors:
-        qtype = GGMLQuantizationType(t.tensor_type)
-        stored_shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml order → torch order
-        shape = orig_shapes.pop(t.name, stored_shape)
-        if math.prod(shape) != t.n_elements:
-            raise UserError(
-                f"{path}: tensor {t.name} has {t.n_elements} elements but its recorded shape {shape} "
-                "needs a different count; the file is corrupt."
-            )
-        tensors[t.name] = GGUFTensor(t.name, qtype, shape, stored_shape, t.data)
-    if orig_shapes:
-        raise UserError(f"{path}: shapes recorded for tensors that are not in the file: {sorted(orig_shapes)[:5]}.")
+    for t, info in zip(reader.tensors, layout.tensors):
+        shape = layout.shapes[info.name]
+        tensors[info.name] = GGUFTensor(info.name, info.qtype, shape, info.stored_shape, t.data)
     return tensors, metadata
 
 
