@@ -80,44 +80,76 @@ LAPIS_ROWS = [
     ("Baroque/rembrandt_a.jpg", 20, "Baroque", "portrait"),
     ("Baroque/rembrandt_a.jpg", 45, "Baroque", "portrait"),
     ("Impressionism/monet_b.jpg", 50, "Impressionism", "landscape"),
-    ("Impressionism/monet_b.jpg", "n/a", "Impressionism", "landscape"),
+    ("Impressionism/monet_b.jpg", None, "Impressionism", "landscape"),  # a blank response
+    ("Impressionism/monet_b.jpg", "seventy", "Impressionism", "landscape"),  # not a number
     ("Impressionism/monet_b.jpg", 71, "Impressionism", "landscape"),
     ("Rococo/boucher_c.jpg", 90, "Rococo", "nude painting"),
     ("Rococo/boucher_c.jpg", 80, "Baroque", "nude painting"),
     ("Rococo/boucher_c.jpg", 70, "Rococo", "nude painting"),
     ("Rococo/boucher_c.jpg", 60, "Rococo", "nude painting"),
-    ("Realism/not_in_images.jpg", 55, "Realism", "cityscape"),
+    ("Rococo/boucher_c.jpg", 101, "Rococo", "nude painting"),  # out of range
+    ("Realism/not_in_images.jpg", 55, "Realism", "cityscape"),  # rated, but missing from images/ (3 rows)
+    ("Realism/not_in_images.jpg", 65, "Realism", "cityscape"),
+    ("Realism/not_in_images.jpg", 75, "Realism", "cityscape"),
 ]
+# LAPIS's own numeric image ids (the table's image_id column), by image
+LAPIS_IDS = {"rembrandt_a": 1201, "monet_b": 3402, "boucher_c": 5603, "not_in_images": 7804}
 # what the rows above must aggregate to (worked out by hand)
 LAPIS_EXPECTED = {
-    "rembrandt_a": {"score": 25.0, "n_ratings": 3, "style": "Baroque", "genre": "portrait"},
-    "monet_b": {"score": 60.5, "n_ratings": 2, "style": "Impressionism", "genre": "landscape"},
-    "boucher_c": {"score": 75.0, "n_ratings": 4, "style": "Rococo", "genre": "nude painting"},
+    "rembrandt_a": {"score": 25.0, "n_ratings": 3, "style": "Baroque", "genre": "portrait", "lapis_image_id": 1201},
+    "monet_b": {"score": 60.5, "n_ratings": 2, "style": "Impressionism", "genre": "landscape", "lapis_image_id": 3402},
+    "boucher_c": {"score": 75.0, "n_ratings": 4, "style": "Rococo", "genre": "nude painting", "lapis_image_id": 5603},
 }
+# what the fetch step must count for the fixture (images and rating rows lost, by reason)
+LAPIS_LOSSES = {
+    "n_in": 5,  # 3 rated + not_in_images + unrated.jpg (Thumbs.db, .DS_Store and notes.txt are no images)
+    "images_lost_by_reason": {"missing_image": 1, "no_valid_rating": 0, "unrated_image": 1, "over_max_images": 0},
+    "n_ignored_files": 3,
+    "n_rating_rows": len(LAPIS_ROWS),
+    "n_ratings": 9,
+    "rating_rows_skipped_by_reason": {
+        "blank_file": 0, "blank_response": 1, "non_numeric_response": 1, "response_out_of_range": 1,
+        "missing_image": 3, "over_max_images": 0,
+    },
+}
+LAPIS_TABLE = "annotation/LAPIS_individualratings_metaANDdemodata"
 
 
 def lapis_table(file_column: str = "file") -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = []
     for i, (file, response, style, genre) in enumerate(LAPIS_ROWS):
-        row = {"participant_id": 100 + i % 4, "image_id": 7000 + len(file), file_column: file,
+        image_id = LAPIS_IDS[file.rsplit("/", 1)[-1].rsplit(".", 1)[0]]
+        row = {"participant_id": 100 + i % 4, "image_id": image_id, file_column: file,
                "response": response, "style": style, "genre": genre}
         row.update({c: int(rng.integers(1, 7)) for c in DEMOGRAPHIC_COLUMNS})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def write_lapis_folder(root: Path, *, file_column: str = "file", excel: bool = False) -> Path:
-    """A LAPIS-layout folder: annotation/LAPIS_individualratings_metaANDdemodata.{csv,xlsx} + images/."""
-    (root / "annotation").mkdir(parents=True)
-    (root / "images").mkdir()
+def write_table(table: pd.DataFrame, path: Path) -> Path:
+    """`table` as .csv or .xlsx, by the suffix of `path` (folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".xlsx":
+        table.to_excel(path, index=False, engine="openpyxl")
+    else:
+        table.to_csv(path, index=False)
+    return path
+
+
+def write_lapis_folder(
+    root: Path, *, file_column: str = "file", excel: bool = False, table_name: str = LAPIS_TABLE
+) -> Path:
+    """A LAPIS-layout folder: the ratings table at `table_name` (.csv, or .xlsx if `excel`) + images/.
+
+    images/ also holds an unrated painting, OS litter (Thumbs.db, .DS_Store) and a text file.
+    """
+    (root / "images").mkdir(parents=True)
     for i, stem in enumerate(LAPIS_EXPECTED):
         gradient_rgb(48, 36, seed=i).save(root / "images" / f"{stem}.jpg", format="JPEG")
     gradient_rgb(20, 20, seed=9).save(root / "images" / "unrated.jpg", format="JPEG")
-    table = lapis_table(file_column)
-    name = root / "annotation" / "LAPIS_individualratings_metaANDdemodata"
-    if excel:
-        table.to_excel(name.with_suffix(".xlsx"), index=False, engine="openpyxl")
-    else:
-        table.to_csv(name.with_suffix(".csv"), index=False)
+    (root / "images" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 thumbnail cache")
+    (root / "images" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "images" / "notes.txt").write_text("scanned at 600 dpi\n")
+    write_table(lapis_table(file_column), root / f"{table_name}.{'xlsx' if excel else 'csv'}")
     return root

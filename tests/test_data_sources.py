@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import LAPIS_EXPECTED, write_lapis_folder
+from data_fixtures import LAPIS_EXPECTED, LAPIS_LOSSES, write_lapis_folder
 from PIL import Image
 
 from squeezegen.data.captions import GENRES, STYLES, all_captions, caption_for
@@ -162,10 +162,12 @@ def _check_lapis_raw(raw: Path) -> dict:
         r = records[image_id]
         assert r["score"] == pytest.approx(expected["score"])
         assert (r["n_ratings"], r["style"], r["genre"]) == (expected["n_ratings"], expected["style"], expected["genre"])
+        assert r["lapis_image_id"] == expected["lapis_image_id"]
         assert (raw / r["file"]).is_file()
     manifest = json.loads((raw / "manifest.json").read_text())
-    assert manifest["counts"]["n_skipped_by_reason"]["missing_image"] == 1
-    assert manifest["counts"]["n_skipped_by_reason"]["non_numeric_response"] == 1
+    # images and rating rows lost on the way, by reason (junk files in images/ are not "unrated images")
+    assert {k: manifest["counts"][k] for k in LAPIS_LOSSES} == LAPIS_LOSSES
+    assert manifest["counts"]["n_images"] == len(LAPIS_EXPECTED)
     return manifest
 
 
@@ -184,8 +186,13 @@ def test_lapis_plain_zip_and_max_images(tmp_path):
         for p in sorted(root.rglob("*")):
             zf.write(p, p.relative_to(tmp_path).as_posix())
     _check_lapis_raw(_fetch(tmp_path / "raw", tmp_path / "LAPIS.zip"))
-    fetch_lapis(tmp_path / "raw2", path=tmp_path / "LAPIS.zip", max_images=2)
-    assert len(read_records(tmp_path / "raw2")) == 2
+    counts = fetch_lapis(tmp_path / "raw2", path=tmp_path / "LAPIS.zip", max_images=2)["counts"]
+    assert len(read_records(tmp_path / "raw2")) == 2 == counts["n_images"]
+    assert counts["images_lost_by_reason"]["over_max_images"] == 1
+    # every image and every rating row is accounted for
+    assert counts["n_in"] == counts["n_images"] + sum(counts["images_lost_by_reason"].values())
+    assert counts["n_rating_rows"] == counts["n_ratings"] + sum(counts["rating_rows_skipped_by_reason"].values())
+    assert counts["rating_rows_skipped_by_reason"]["over_max_images"] == 9 - counts["n_ratings"] > 0
 
 
 @pytest.mark.skipif(shutil.which("zip") is None, reason="the zip CLI is needed to write a password-protected zip")
@@ -246,6 +253,7 @@ def test_folder_source_copies_every_file_with_metadata(tmp_path):
     Image.new("RGB", (8, 8), (10, 200, 10)).save(src / "sub" / "b.jpg")
     (src / "sub" / "readme.txt").write_text("not an image, preprocess decides")
     (src / ".hidden.png").write_bytes(b"x")
+    (src / "sub" / "Thumbs.db").write_bytes(b"x")
     (src / "metadata.csv").write_text(
         "file_name,caption,style,genre,score\n"
         "a.png,a red square,Suprematism,abstract,71.5\n"
@@ -260,7 +268,9 @@ def test_folder_source_copies_every_file_with_metadata(tmp_path):
     assert records["sub__b"]["score"] is None and records["sub__b"]["genre"] == "landscape"
     assert records["sub__readme"]["style"] is None
     assert (tmp_path / "raw" / records["sub__b"]["file"]).read_bytes() == (src / "sub" / "b.jpg").read_bytes()
-    assert manifest["counts"]["n_skipped_by_reason"] == {"missing_image": 1}
+    counts = manifest["counts"]
+    assert counts["images_lost_by_reason"] == {"missing_image": 1, "over_max_images": 0}
+    assert (counts["n_in"], counts["n_images"], counts["n_ignored_files"]) == (4, 3, 2)  # gone.png; .hidden, Thumbs.db
     assert manifest["counts"]["n_invalid_numbers"] == 1
 
 

@@ -1,6 +1,7 @@
 """Any folder of images → raw layout, with optional `metadata.csv` (HF imagefolder's convention).
 
-Every file under the folder (recursively, hidden ones excepted) is taken as-is; preprocess
+Every file under the folder (recursively; hidden files, `__MACOSX/`, `Thumbs.db` and
+`desktop.ini` excepted) is taken as-is; preprocess
 decides which ones are images. `metadata.csv` at the top may give, per `file_name` (a path
 relative to the folder), any of: caption, style, genre, score, n_ratings. Unknown style and
 genre strings are kept as given.
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from squeezegen.data.raw import (
     IMAGES_DIR,
     hash_fraction,
+    is_junk,
     make_record,
     raw_output,
     unique_image_ids,
@@ -77,7 +79,7 @@ def fetch_folder(out_dir: str | Path, *, path: str | Path, max_images: int | Non
     """Copy every file under `path` (recursive, as-is) plus its metadata into the raw layout at `out_dir`.
 
     `max_images` keeps a fixed subset (by a hash of the relative path). Metadata rows naming
-    no file are counted as `missing_image`; unparsable scores become null and are counted.
+    no file are counted as lost images (`missing_image`); unparsable scores become null and are counted.
     Writes `out_dir` atomically; returns the manifest.
     """
     root = Path(path)
@@ -87,16 +89,13 @@ def fetch_folder(out_dir: str | Path, *, path: str | Path, max_images: int | Non
         )
     metadata_path = root / METADATA_NAME
     metadata, extra_columns = read_metadata(metadata_path) if metadata_path.is_file() else ({}, [])
-    files = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    files = [f for f in files if f != METADATA_NAME]
+    every = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    files = [f for f in every if not is_junk(f) and f != METADATA_NAME]
     if not files:
         raise UserError(f"image folder '{root}' holds no files: put images there (any depth) or fix `data.folder_path`")
-    counts = {"missing_image": len(set(metadata) - set(files))}
     n_found = len(files)
+    n_missing = len(set(metadata) - set(files))  # named in metadata.csv, not in the folder
+    n_in = n_found + n_missing
     if max_images is not None and len(files) > max_images:
         files = sorted(sorted(files, key=lambda f: hash_fraction(f, 0))[:max_images])
     ids = unique_image_ids(files)
@@ -122,7 +121,12 @@ def fetch_folder(out_dir: str | Path, *, path: str | Path, max_images: int | Non
             source="folder",
             params={"path": str(root), "max_images": max_images},
             counts={
-                "n_skipped_by_reason": counts,
+                "n_in": n_in,  # = n_images + every loss below
+                "images_lost_by_reason": {
+                    "missing_image": n_missing,
+                    "over_max_images": n_found - len(files),
+                },
+                "n_ignored_files": len(every) - n_found - (METADATA_NAME in every),  # hidden files, Thumbs.db, ...
                 "n_files_found": n_found,
                 "n_with_metadata": sum(1 for f in files if f in metadata),
                 "n_invalid_numbers": int(invalid_numbers),

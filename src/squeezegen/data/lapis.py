@@ -1,28 +1,30 @@
 """LAPIS (Leuven Art Personalized Image Set): a local folder or the password-protected zip → raw layout.
 
 LAPIS is gated: the user requests it from its authors and gets a zip (ZipCrypto password, read
-from an environment variable). The ratings table has one row per (image, rater); this module
-averages them per image. The password is never written, logged or put in an exception message.
+from an environment variable). The ratings table (one row per image and rater, found by its
+columns: see `lapis_ratings`) is averaged per image. The password is never written, logged or
+put in an exception message.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import zipfile
 import zlib
-from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterator
 
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
+from squeezegen.data.lapis_ratings import TABLE_SUFFIXES, aggregate_ratings, find_ratings_table, read_ratings_table
 from squeezegen.data.raw import (
     IMAGES_DIR,
     hash_fraction,
+    is_junk,
     make_record,
     raw_output,
     unique_image_ids,
@@ -30,7 +32,6 @@ from squeezegen.data.raw import (
 )
 from squeezegen.errors import UserError
 
-ANNOTATION_SUFFIXES = (".csv", ".xlsx")
 _AES_COMPRESS_TYPE = 99  # WinZip AES: zipfile cannot decrypt it
 
 
@@ -116,88 +117,8 @@ class _Archive:
             self.zip.close()
 
 
-def _find_annotation(names: list[str]) -> str | None:
-    """The ratings table: annotation/LAPIS*.csv (preferred) or .xlsx, anywhere in the tree."""
-    candidates = [
-        n for n in names
-        if PurePosixPath(n).parent.name == "annotation"
-        and PurePosixPath(n).name.upper().startswith("LAPIS")
-        and PurePosixPath(n).suffix.lower() in ANNOTATION_SUFFIXES
-    ]
-    # csv before xlsx; among those, the individual-ratings table first
-    candidates.sort(key=lambda n: (PurePosixPath(n).suffix.lower() != ".csv", "individualratings" not in n.lower(), n))
-    return candidates[0] if candidates else None
-
-
-def _read_table(archive: _Archive, name: str) -> pd.DataFrame:
-    """The ratings table (csv streamed; xlsx read into memory because openpyxl needs to seek)."""
-    try:
-        with archive.open(name) as stream:
-            if name.lower().endswith(".xlsx"):
-                return pd.read_excel(io.BytesIO(stream.read()), engine="openpyxl")
-            table = pd.read_csv(stream, low_memory=False)
-        if table.shape[1] == 1 and ";" in str(table.columns[0]):  # a semicolon-separated export
-            with archive.open(name) as stream:
-                table = pd.read_csv(stream, sep=";", low_memory=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, KeyError) as err:
-        raise UserError(f"cannot parse the ratings table {name} in {archive.path}: {err}") from None
-    return table
-
-
-def _column(table: pd.DataFrame, *names: str, required: bool, source: str) -> str | None:
-    lookup = {str(c).strip().lower(): c for c in table.columns}
-    for name in names:
-        if name in lookup:
-            return lookup[name]
-    if required:
-        raise UserError(f"{source}: no column {' or '.join(names)} (columns: {', '.join(map(str, table.columns))})")
-    return None
-
-
-def _most_common(values: pd.Series) -> str | None:
-    """The most frequent non-null value; ties go to the alphabetically first (deterministic)."""
-    counts = Counter(str(v) for v in values.dropna())
-    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] if counts else None
-
-
-def aggregate_ratings(
-    table: pd.DataFrame, image_names: set[str], *, source: str = "ratings"
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Per-image mean score, rating count, style and genre from one-row-per-rating LAPIS data.
-
-    `image_names` are the base names of the images present. Rows with a non-numeric or
-    out-of-range (outside 0-100) response, or naming an absent image, are dropped and counted.
-    Returns (one row per image indexed by base name: score, n_ratings, style, genre; skip counts).
-    """
-    file_col = _column(table, "file", "image_filename", required=True, source=source)
-    response_col = _column(table, "response", required=True, source=source)
-    style_col = _column(table, "style", required=False, source=source)
-    genre_col = _column(table, "genre", required=False, source=source)
-    base = table[file_col].astype(str).str.replace("\\", "/", regex=False).map(lambda p: PurePosixPath(p.strip()).name)
-    response = pd.to_numeric(table[response_col], errors="coerce")
-    non_numeric = response.isna()
-    out_of_range = ~non_numeric & ~response.between(0, 100)
-    missing = ~non_numeric & ~out_of_range & ~base.isin(image_names)
-    keep = ~(non_numeric | out_of_range | missing)
-    skipped = {
-        "non_numeric_response": int(non_numeric.sum()),
-        "response_out_of_range": int(out_of_range.sum()),
-        "missing_image": int(missing.sum()),
-    }
-    rows = pd.DataFrame({
-        "base": base[keep],
-        "response": response[keep].astype(float),
-        "style": table.loc[keep, style_col] if style_col else None,
-        "genre": table.loc[keep, genre_col] if genre_col else None,
-    })
-    grouped = rows.groupby("base", sort=True)
-    per_image = pd.DataFrame({
-        "score": grouped["response"].mean(),
-        "n_ratings": grouped["response"].count(),
-        "style": grouped["style"].agg(_most_common),
-        "genre": grouped["genre"].agg(_most_common),
-    })
-    return per_image, skipped
+def _optional_int(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def fetch_lapis(
@@ -210,31 +131,45 @@ def fetch_lapis(
     """Copy LAPIS images (as-is) and per-image rating aggregates into the raw layout at `out_dir`.
 
     `path` is the unzipped LAPIS folder or the zip (password from the `password_env` variable).
-    Images are looked up by base name under any images/ folder; image_id is that base name
-    without its extension (made file-name-safe). The table's own image_id column is not needed.
-    `max_images` keeps a fixed, seed-free subset (by a hash of the image name) for quick runs.
-    Writes `out_dir` atomically; returns the manifest. Missing path → UserError saying how to get LAPIS.
+    The ratings table is found by its columns (`lapis_ratings.find_ratings_table`). Images are
+    looked up by base name under any images/ folder (OS litter such as Thumbs.db ignored);
+    image_id is that base name without its extension (made file-name-safe), lapis_image_id the
+    table's own numeric id. `max_images` keeps a fixed, seed-free subset (by a hash of the image
+    name) for quick runs. Writes `out_dir` atomically; returns the manifest, whose counts say
+    how many images the source had (`n_in`), how many were lost and why (`images_lost_by_reason`:
+    the four reasons partition the rest), and the same for rating rows. Missing path →
+    UserError saying how to get LAPIS.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(_not_found_message(path, password_env))
     archive = _Archive(path, password_env)
     try:
-        annotation = _find_annotation(archive.names)
-        if annotation is None:
-            raise UserError(
-                f"{path} has no annotation/LAPIS*.csv or annotation/LAPIS*.xlsx: expected the LAPIS layout "
-                f"(annotation/ with the ratings table, images/ with the paintings). {_not_found_message(path, password_env)}"
-            )
-        images = {}  # base name → member, first in sorted order wins
+        try:
+            annotation = find_ratings_table(archive)
+        except UserError as err:
+            if any(PurePosixPath(n).suffix.lower() in TABLE_SUFFIXES and not is_junk(n) for n in archive.names):
+                raise  # a table is there but wrong: the message says what to fix
+            raise UserError(f"{err} {_not_found_message(path, password_env)}") from None
+        images: dict[str, str] = {}  # base name → member, first in sorted order wins
+        n_ignored = 0
         for name in archive.names:
             if "images" in PurePosixPath(name).parts[:-1]:
-                images.setdefault(PurePosixPath(name).name, name)
-        per_image, skipped = aggregate_ratings(_read_table(archive, annotation), set(images), source=annotation)
+                if is_junk(name):
+                    n_ignored += 1
+                else:
+                    images.setdefault(PurePosixPath(name).name, name)
+        ratings = aggregate_ratings(read_ratings_table(archive, annotation), set(images), source=annotation)
+        per_image = ratings.per_image
         if per_image.empty:
             raise UserError(
-                f"{path}: no rated image of {annotation} was found under an images/ folder (skipped rows: {skipped})"
+                f"{path}: no rated image of {annotation} was found under an images/ folder "
+                f"(rating rows skipped: {ratings.rows_skipped}). Check that images/ holds the files the table names."
             )
+        unnamed = set(images) - ratings.named
+        image_suffixes = set(Image.registered_extensions())
+        unrated = {b for b in unnamed if PurePosixPath(b).suffix.lower() in image_suffixes}
+        n_ignored += len(unnamed - unrated)  # not an image and not named by the table (notes.txt, ...)
         names = list(per_image.index)
         if max_images is not None and len(names) > max_images:
             names = sorted(sorted(names, key=lambda n: hash_fraction(n, 0))[:max_images])
@@ -247,7 +182,9 @@ def fetch_lapis(
                 rel = f"{IMAGES_DIR}/{image_id}{PurePosixPath(base).suffix}"
                 archive.copy_to(images[base], tmp / rel)
                 records.append(make_record(image_id, rel, style=row["style"], genre=row["genre"],
-                                           score=float(row["score"]), n_ratings=int(row["n_ratings"])))
+                                           score=float(row["score"]), n_ratings=int(row["n_ratings"]),
+                                           lapis_image_id=_optional_int(row["lapis_image_id"])))
+            n_ratings = int(per_image.loc[names, "n_ratings"].sum())
             manifest = write_records_and_manifest(
                 tmp,
                 records,
@@ -255,10 +192,22 @@ def fetch_lapis(
                 # the path and the variable's NAME only: never the password itself
                 params={"path": str(path), "password_env": password_env, "max_images": max_images, "annotation": annotation},
                 counts={
-                    "n_skipped_by_reason": skipped,
-                    "n_rated_images": len(per_image),
-                    "n_unrated_images": len(set(images) - set(per_image.index)),
-                    "n_ratings": int(per_image["n_ratings"].sum()),
+                    # images: named by the table or lying in images/ = n_images + every loss below
+                    "n_in": len(ratings.named | unrated),
+                    "images_lost_by_reason": {
+                        "missing_image": len(ratings.named - set(images)),  # rated, but not in images/
+                        "no_valid_rating": len((ratings.named & set(images)) - set(per_image.index)),
+                        "unrated_image": len(unrated),  # in images/, not in the table
+                        "over_max_images": len(per_image) - len(names),
+                    },
+                    "n_ignored_files": n_ignored,  # OS litter and non-image files in images/ the table never names
+                    # rating rows: n_rating_rows = n_ratings (behind the images kept) + every skip below
+                    "n_rating_rows": ratings.n_rows,
+                    "n_ratings": n_ratings,
+                    "rating_rows_skipped_by_reason": {
+                        **ratings.rows_skipped,
+                        "over_max_images": int(per_image["n_ratings"].sum()) - n_ratings,
+                    },
                 },
             )
         return manifest

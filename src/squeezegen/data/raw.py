@@ -5,6 +5,9 @@
 <out>/records.jsonl             one JSON object per image, keys RECORD_KEYS, sorted by image_id
 <out>/manifest.json             source, params, counts, sha256 of every file
 ```
+
+Every source's counts hold `n_in` (images the source held) and `images_lost_by_reason`, so
+that n_in = n_images + the sum of the losses; preprocess copies them into metrics/data.json.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from typing import Any, Iterable, Iterator
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path, sha256_file
 
-RECORD_KEYS = ("image_id", "file", "style", "genre", "score", "n_ratings", "caption")
+RECORD_KEYS = ("image_id", "file", "style", "genre", "score", "n_ratings", "caption", "lapis_image_id")
 RECORDS_NAME = "records.jsonl"
 MANIFEST_NAME = "manifest.json"
 IMAGES_DIR = "images"
+_JUNK_NAMES = {"thumbs.db", "ehthumbs.db", "desktop.ini"}
 
 
 def make_record(
@@ -34,8 +38,12 @@ def make_record(
     score: float | None = None,
     n_ratings: int | None = None,
     caption: str | None = None,
+    lapis_image_id: int | None = None,
 ) -> dict[str, Any]:
-    """One raw record with every key of RECORD_KEYS (missing values are None)."""
+    """One raw record with every key of RECORD_KEYS (missing values are None).
+
+    `lapis_image_id` is LAPIS's own numeric id of the image, kept so results join back to LAPIS.
+    """
     return {
         "image_id": image_id,
         "file": file,
@@ -44,7 +52,14 @@ def make_record(
         "score": None if score is None else float(score),
         "n_ratings": None if n_ratings is None else int(n_ratings),
         "caption": caption,
+        "lapis_image_id": None if lapis_image_id is None else int(lapis_image_id),
     }
+
+
+def is_junk(rel_path: str) -> bool:
+    """OS litter, not data: hidden files (`.DS_Store`, `._x.jpg`), `__MACOSX/`, `Thumbs.db`, `desktop.ini`."""
+    parts = rel_path.replace("\\", "/").split("/")
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1].lower() in _JUNK_NAMES
 
 
 def safe_image_id(text: str) -> str:
@@ -135,3 +150,28 @@ def read_records(raw_dir: str | Path) -> list[dict[str, Any]]:
                 raise UserError(f"{path}:{lineno}: a record needs at least image_id and file; re-run fetch_data")
             records.append({k: row.get(k) for k in RECORD_KEYS})
     return records
+
+
+def fetch_counts(raw_dir: str | Path) -> dict[str, Any]:
+    """The counts of `<raw_dir>/manifest.json` that are numbers (or dicts of numbers), for metrics.
+
+    They say what the source held (`n_in`), what was written (`n_images`) and what was lost on
+    the way and why; {} if there is no manifest (a raw layout written by hand).
+    """
+    path = Path(raw_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    try:
+        counts = json.loads(path.read_text(encoding="utf-8")).get("counts", {})
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise UserError(f"{path} is not a valid manifest ({err}); re-run fetch_data") from None
+    if not isinstance(counts, dict):
+        raise UserError(f"{path}: `counts` is not an object; re-run fetch_data")
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    return {
+        key: value for key, value in sorted(counts.items())
+        if is_number(value) or (isinstance(value, dict) and all(is_number(v) for v in value.values()))
+    }

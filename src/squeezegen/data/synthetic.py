@@ -84,7 +84,7 @@ def generate_synthetic(out_dir: str | Path, *, num_images: int, image_size: int,
             records,
             source="synthetic",
             params={"num_images": num_images, "image_size": image_size, "seed": seed},
-            counts={"n_skipped_by_reason": {}},
+            counts={"n_in": num_images, "images_lost_by_reason": {}},
         )
     return manifest
 
