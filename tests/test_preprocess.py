@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import write_bad_image_folder
+import yaml
+from data_fixtures import LAPIS_EXPECTED, LAPIS_LOSSES, write_bad_image_folder, write_lapis_folder
 from datasets import load_from_disk
 from PIL import Image
 
 from squeezegen.data.captions import caption_for
 from squeezegen.data.folder import fetch_folder
 from squeezegen.data.images import load_rgb
+from squeezegen.data.lapis import fetch_lapis
 from squeezegen.data.preprocess import SKIP_REASONS, preprocess, split_ids
 from squeezegen.data.raw import make_record
 from squeezegen.data.synthetic import generate_synthetic
@@ -185,3 +188,51 @@ def test_large_jpeg_decodes_at_reduced_scale_but_not_below_min_side(tmp_path):
     image = load_rgb(tmp_path / "big.jpg", min_side=64)
     assert 64 <= min(image.size) < 700 and image.size[0] > image.size[1]
     assert load_rgb(tmp_path / "big.jpg").size == (1000, 700)
+
+
+# ----------------------------------------------------------------------- what fetch lost, in the metrics
+
+
+def test_lapis_id_survives_and_fetch_losses_reach_the_stats(tmp_path):
+    fetch_lapis(tmp_path / "raw", path=write_lapis_folder(tmp_path / "LAPIS"))
+    stats = preprocess(tmp_path / "raw", tmp_path / "out", sd_size=8, rq_size=8, val_fraction=0.5, seed=0)
+    ds = load_from_disk(str(tmp_path / "out"))
+    rows = {r["image_id"]: r for split in ("train", "val") for r in ds[split]}
+    assert {i: r["lapis_image_id"] for i, r in rows.items()} == {i: e["lapis_image_id"] for i, e in LAPIS_EXPECTED.items()}
+    assert ds["train"].features["lapis_image_id"].dtype == "int64"
+    assert {k: stats["fetch"][k] for k in LAPIS_LOSSES} == LAPIS_LOSSES
+    assert stats["fetch"]["n_images"] == stats["n_in"] == 3
+    # only machine-dependent figures sit under perf, and nothing machine-dependent sits outside it
+    assert set(stats["perf"]) == {"seconds"} and "seconds" not in stats
+
+
+def test_records_without_a_lapis_id_get_none(tmp_path):
+    generate_synthetic(tmp_path / "raw", num_images=2, image_size=16, seed=0)
+    stats = preprocess(tmp_path / "raw", tmp_path / "out", sd_size=8, rq_size=8, val_fraction=0.5, seed=0)
+    ds = load_from_disk(str(tmp_path / "out"))
+    assert [r["lapis_image_id"] for split in ("train", "val") for r in ds[split]] == [None, None]
+    assert stats["fetch"] == {"images_lost_by_reason": {}, "n_images": 2, "n_in": 2}
+
+
+def test_data_json_of_the_stages_shows_what_the_lapis_source_lost(tmp_path, monkeypatch):
+    """fetch_data + preprocess as the pipeline runs them, on a LAPIS fixture: metrics/data.json counts the losses."""
+    from squeezegen.stages import fetch_data, preprocess as preprocess_stage
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["profile"] = "toy"
+    params["data"]["lapis_path"] = str(write_lapis_folder(tmp_path / "LAPIS", excel=True, table_name="annotation/x"))
+    params["profiles"]["toy"]["data"].update(source="lapis", sd_size=8, rq_size=8)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo/params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path / "repo")
+    monkeypatch.setenv("SQUEEZEGEN_MLFLOW", "0")
+    fetch_data.main()
+    preprocess_stage.main()
+    metrics = json.loads(Path("metrics/data.json").read_text())
+    fetch = metrics["fetch"]
+    assert fetch["images_lost_by_reason"]["missing_image"] == 1  # one image, though it had 3 rating rows
+    assert fetch["rating_rows_skipped_by_reason"]["missing_image"] == 3
+    assert fetch["rating_rows_skipped_by_reason"]["blank_response"] == 1
+    assert fetch["images_lost_by_reason"]["unrated_image"] == 1 and fetch["n_ignored_files"] == 3  # junk is no image
+    assert fetch["n_in"] == 5 and metrics["n_in"] == metrics["n_kept"] == 3
+    assert set(metrics["perf"]) == {"seconds"}

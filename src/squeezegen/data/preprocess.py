@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from squeezegen.data.captions import caption_for
 from squeezegen.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, center_square_resize, load_rgb, png_encode
-from squeezegen.data.raw import hash_fraction, read_records
+from squeezegen.data.raw import fetch_counts, hash_fraction, read_records
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path
 
@@ -37,7 +37,7 @@ SKIP_REASONS = (
     "below_min_score", "duplicate_id",
 )
 
-METADATA_COLUMNS = ("image_id", "caption", "style", "genre", "score", "n_ratings")
+METADATA_COLUMNS = ("image_id", "caption", "style", "genre", "score", "n_ratings", "lapis_image_id")
 FEATURES = datasets.Features({
     "image_id": datasets.Value("string"),
     "image_sd": datasets.Image(),
@@ -47,6 +47,7 @@ FEATURES = datasets.Features({
     "genre": datasets.Value("string"),
     "score": datasets.Value("float64"),
     "n_ratings": datasets.Value("int32"),
+    "lapis_image_id": datasets.Value("int64"),  # LAPIS's own id (None for other sources): joins back to LAPIS
 })
 
 
@@ -85,6 +86,11 @@ def _clean_score(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return score if math.isfinite(score) else None
+
+
+def _clean_int(value: Any) -> int | None:
+    score = _clean_score(value)
+    return int(score) if score is not None and score.is_integer() else None
 
 
 def _rows(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -130,12 +136,14 @@ def preprocess(
     """Decode, validate, resize and split the raw layout at `raw_dir`; save a DatasetDict at `out_dir`.
 
     Columns: image_id, image_sd (sd_size² RGB), image_rq (rq_size² RGB), caption, style, genre,
-    score (float or None), n_ratings (int or None). `min_score` drops records whose score is
+    score (float or None), n_ratings (int or None), lapis_image_id (int or None). `min_score` drops records whose score is
     below it; records without a score are KEPT (a folder of unrated images must not vanish
     because a threshold is set). Files over `max_image_pixels` pixels are refused from their
     header. Writes `out_dir` atomically. Returns stats: n_in, n_kept, n_skipped,
     skipped_by_reason, n_train, n_val, score_mean, score_std (over kept images with a score;
-    None if none), seconds. UserError if no image survives.
+    None if none), fetch (the numeric counts of the fetch step's manifest: what the source held
+    and lost before preprocessing), perf: {seconds} (the only machine-dependent figure).
+    UserError if no image survives.
     """
     start = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -181,6 +189,7 @@ def preprocess(
                 "genre": record["genre"],
                 "score": score,
                 "n_ratings": None if n_ratings is None else int(n_ratings),
+                "lapis_image_id": _clean_int(record["lapis_image_id"]),
                 "sd_path": str(sd_path),
                 "rq_path": str(rq_path),
                 "digest": hashlib.sha256(sd_png + rq_png).hexdigest(),
@@ -209,5 +218,6 @@ def preprocess(
         "n_val": len(val_ids),
         "score_mean": float(scores.mean()) if scores.size else None,
         "score_std": float(scores.std()) if scores.size else None,
-        "seconds": round(time.perf_counter() - start, 3),
+        "fetch": fetch_counts(raw_dir),
+        "perf": {"seconds": round(time.perf_counter() - start, 3)},
     }
