@@ -264,7 +264,7 @@ def train(
                     if not math.isfinite(values["loss"]):
                         raise UserError(
                             f"{desc}: the loss became {values['loss']} at step {step + 1}; nothing was saved for that "
-                            "step. Lower the learning rate, or train in fp32 (mixed_precision: \"no\")."
+                            "step. Lower the learning rate, or train in fp32 (`lora.mixed_precision: fp32`)."
                         )
                     accelerator.backward(loss)
                     grad_norm = None
@@ -274,7 +274,7 @@ def train(
                         if not math.isfinite(grad_norm) and accelerator.scaler is None:
                             raise UserError(
                                 f"{desc}: the gradient norm became {grad_norm} at step {step + 1}; nothing was saved "
-                                "for that step. Lower the learning rate, or train in fp32 (mixed_precision: \"no\")."
+                                "for that step. Lower the learning rate, or train in fp32 (`lora.mixed_precision: fp32`)."
                             )
                     optimizer.step()
                     scheduler.step()
