@@ -265,3 +265,9 @@ def test_inspect_on_a_corrupt_file_prints_one_line_and_exits_2(toy, tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "is not UTF-8: b'\\x1b\\xff" in lines[0]
     assert "Traceback" not in result.output and "\x1b" not in result.output
+
+
+@pytest.mark.parametrize(("name", "message"), [("missing.gguf", "does not exist"), (".", "is a folder")])
+def test_inspect_on_a_missing_file_or_folder_prints_one_line(tmp_path, name, message):
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / name)])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and message in result.output

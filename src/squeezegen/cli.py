@@ -153,10 +153,10 @@ def reconstruct(
 @app.command()
 @_friendly
 def inspect(
-    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="a .gguf file"),
+    path: Path = typer.Argument(..., help="a .gguf file"),  # checked by the reader: one-line errors
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
-    """List a GGUF file's tensors: type, shape, bytes, and the effective bits per weight."""
+    """Check a GGUF file as strictly as ggml does, then list its tensors: type, shape, bytes, bits per weight."""
     from squeezegen.quant.gguf_io import format_summary, summarize_gguf
 
     summary = summarize_gguf(path)

@@ -324,7 +324,7 @@ def check_gguf(path: str | Path) -> GGUFLayout:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"GGUF file {path} does not exist.")
+        raise UserError(f"GGUF file {path} " + ("is a folder." if path.is_dir() else "does not exist."))
     size = path.stat().st_size
     if size < 24:
         raise UserError(f"{path} is not a GGUF file: {size} bytes is shorter than a GGUF header (24 bytes).")
