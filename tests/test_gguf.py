@@ -17,7 +17,8 @@ from gguf import quants as gguf_quants
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from squeezegen.errors import ConfigError, UserError
-from squeezegen.quant.gguf_io import read_gguf, summarize_gguf, format_summary, write_unet_gguf
+from squeezegen.quant.gguf_check import SUPPORTED_TYPES
+from squeezegen.quant.gguf_io import encode_array, format_summary, read_gguf, summarize_gguf, write_unet_gguf
 from squeezegen.quant.modules import dequantize_torch
 from squeezegen.quant.policy import QuantPolicy, choose_type
 
@@ -300,7 +301,7 @@ def test_moved_offsets_and_retyped_biases_are_refused(q4k_file, tmp_path):
     bias = _info_fields(path.read_bytes(), "conv_in.bias")
     assert path.read_bytes()[bias["type"]] == T.F16
     bad = _corrupted(path, tmp_path, lambda raw: raw.__setitem__(bias["type"], T.F32))
-    with pytest.raises(UserError, match="has data offset .* but the tensors before it end at"):
+    with pytest.raises(UserError, match="has data offset .* or tensor .conv_in.bias. before it has the wrong type"):
         read_gguf(bad)
 
 
@@ -313,6 +314,15 @@ def test_types_the_runtime_cannot_decode_are_refused(q4k_file, tmp_path, name, q
     bad = _corrupted(path, tmp_path, lambda raw: struct.pack_into("<I", raw, at, qtype))
     with pytest.raises(UserError, match=rf"has type {qtype.name}, which squeezegen does not decode \(F16, F32"):
         read_gguf(bad)
+
+
+def test_every_type_the_reader_accepts_is_one_the_runtime_decodes():
+    """The reader asks the policy's type lists; the runtime must decode each of them."""
+    x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
+    for qtype in SUPPORTED_TYPES:
+        data = encode_array(x, qtype)
+        decoded = dequantize_torch(torch.from_numpy(np.ascontiguousarray(data)), qtype, x.shape, torch.float32)
+        np.testing.assert_allclose(decoded.numpy(), x, atol=0.2, err_msg=qtype.name)
 
 
 def test_error_messages_escape_control_bytes(q4k_file, tmp_path):

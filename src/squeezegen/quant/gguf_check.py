@@ -231,10 +231,11 @@ def _read_tensors(cursor: _Cursor, n_tensors: int, alignment: int) -> tuple[tupl
     for name, qtype, dims, offset, at in raw:
         block, type_size = GGML_QUANT_SIZES[qtype]
         nbytes = math.prod(dims) // block * type_size
-        if offset != expected:
+        if offset != expected:  # ggml's rule: a moved offset, or a wrong size (type, dims) before it
+            before = f"; or tensor {tensors[-1].name!r} before it has the wrong type or shape" if tensors else ""
             raise _invalid(
                 cursor.path, f"tensor {name!r} (info at byte {at}) has data offset {offset}, but the tensors "
-                f"before it end at {expected} (ggml requires it there)"
+                f"before it end at {expected}: its offset is wrong{before}"
             )
         tensors.append(TensorInfo(name, qtype, dims, data_start + offset, nbytes, at))
         expected = offset + -(-nbytes // alignment) * alignment
