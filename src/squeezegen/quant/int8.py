@@ -8,7 +8,6 @@ CPU with bitsandbytes ≥ 0.49 (its CPU backend) and on CUDA.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -18,46 +17,12 @@ from transformers import BitsAndBytesConfig, CLIPTextModel
 
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path
+from squeezegen.logfilters import drop
 
 _CAST_WARNING = "MatMul8bitLt: inputs will be cast"
-# On a CPU with AVX512-BF16, importing bitsandbytes (ours, or peft's / transformers' import of
-# it) tries to fetch a 4-bit CPU kernel from the hub and logs this when it cannot. squeezegen
-# never runs 4-bit, so it is noise in every stage log; any other bitsandbytes message still shows.
-_KERNEL_WARNING = "Failed to load CPU gemm_4bit_forward from kernels-community"
-_KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
-
-
-class _DropMessage(logging.Filter):
-    """Drops the records of one logger whose message starts with `prefix`; lets everything else through."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
-def _drop(logger_name: str, prefix: str) -> None:
-    logger = logging.getLogger(logger_name)  # the same object bitsandbytes gets, whether or not it exists yet
-    if not any(isinstance(f, _DropMessage) and f.prefix == prefix for f in logger.filters):
-        logger.addFilter(_DropMessage(prefix))
-
-
 def _silence_cast_warning() -> None:
     """bitsandbytes logs this on every 8-bit matmul whose input is not fp16: expected, not news."""
-    _drop("bitsandbytes.autograd._functions", _CAST_WARNING)
-
-
-def silence_4bit_kernel_warning() -> None:
-    """Hide bitsandbytes' "Failed to load CPU gemm_4bit_forward" import-time warning (and only it).
-
-    Must run before bitsandbytes is first imported: this module calls it when it is imported.
-    """
-    _drop(_KERNEL_LOGGER, _KERNEL_WARNING)
-
-
-silence_4bit_kernel_warning()
+    drop("bitsandbytes.autograd._functions", _CAST_WARNING)
 
 
 def default_device() -> str:
