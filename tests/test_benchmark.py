@@ -54,7 +54,11 @@ def test_quantize_stage_writes_folder_metrics_and_metadata(stage_dir, stage_outp
     returned, _ = stage_outputs
     quant = stage_dir / "models" / "quantized"
     assert {p.name for p in quant.iterdir()} == {"unet.gguf", "text_encoder", "manifest.json"}
-    written = json.loads((stage_dir / "metrics" / "quantize.json").read_text())
+    from squeezegen.tracking import merge_perf
+
+    on_disk = json.loads((stage_dir / "metrics" / "quantize.json").read_text())
+    assert set(on_disk["perf"]) == {"quantize_seconds", "unet_quantize_seconds"}  # timings apart from the rest
+    written = merge_perf(on_disk)
     assert written == json.loads(json.dumps(returned))
     for key in ("unet_bytes_fp16", "unet_bytes_gguf", "unet_bpw", "q4k_fraction", "rel_rmse_mean", "rel_rmse_max",
                 "quantize_seconds", "text_encoder_bytes_fp16", "text_encoder_bytes_int8"):
@@ -69,7 +73,13 @@ def test_quantize_stage_writes_folder_metrics_and_metadata(stage_dir, stage_outp
 
 def test_benchmark_stage_measures_every_configuration(stage_dir, stage_outputs):
     _, returned = stage_outputs
-    written = json.loads((stage_dir / "metrics" / "benchmark.json").read_text())
+    from squeezegen.tracking import merge_perf
+
+    on_disk = json.loads((stage_dir / "metrics" / "benchmark.json").read_text())
+    perf = on_disk["perf"][CONFIGS[0]]  # a CPU run: seconds and RSS-based peaks apart, exact bytes kept
+    assert {"seconds_per_image", "peak_bytes", "peak_rss"} <= set(perf) and "weights_bytes" not in perf
+    assert on_disk[CONFIGS[0]]["weights_bytes"] > 0 and "peak_bytes" not in on_disk[CONFIGS[0]]
+    written = merge_perf(on_disk)
     assert written == json.loads(json.dumps(returned))
     assert written["configs"] == list(CONFIGS) and written["arch"] == "pipeline"
     assert written["device"].startswith("cpu") and written["peak_metric"] == "peak_rss"

@@ -59,3 +59,68 @@ def test_mlflow_can_be_switched_off(tmp_path, monkeypatch):
         run.write_metrics("data", {"n_in": 3})
     assert json.loads((tmp_path / "metrics/data.json").read_text()) == {"n_in": 3}
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_split_perf_moves_speed_and_load_figures_under_perf_and_merge_undoes_it():
+    from squeezegen.tracking import memory_perf_keys, merge_perf, split_perf
+
+    metrics = {
+        "psnr": 20.0, "seconds": 1.5, "steps_per_s": 3.0,
+        "fp16": {"weights_bytes": 10, "peak_bytes": 99, "seconds_per_image": 0.3, "peak_rss": 7,
+                 "phases": {"decode": {"peak_rss": 5}}},
+        "perf": {"already": 1},
+    }
+    split = split_perf(metrics, machine_dependent=memory_perf_keys("cpu"))
+    assert split == {
+        "psnr": 20.0,
+        "fp16": {"weights_bytes": 10},
+        "perf": {"already": 1, "seconds": 1.5, "steps_per_s": 3.0,
+                 "fp16": {"peak_bytes": 99, "seconds_per_image": 0.3, "peak_rss": 7, "phases": {"decode": {"peak_rss": 5}}}},
+    }
+    on_cuda = split_perf(metrics, machine_dependent=memory_perf_keys("cuda"))
+    assert on_cuda["fp16"]["peak_bytes"] == 99  # CUDA's allocated bytes are exact: outside perf
+    assert merge_perf(split) == {**{k: v for k, v in metrics.items() if k != "perf"}, "already": 1}
+
+
+def test_stage_run_tags_package_versions_lock_hash_and_dvc_md5_of_deps_and_outs(tmp_path, monkeypatch):
+    import hashlib
+    from importlib import metadata
+
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / ".dvcignore").write_text("__pycache__/\n")
+    (tmp_path / "requirements.lock").write_text("torch==0\n")
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code/a.py").write_text("x = 1\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  quantize:\n    cmd: python x.py\n    deps:\n      - code\n      - code/a.py\n      - requirements.lock\n"
+        "    outs:\n      - models/out.bin\n    metrics:\n      - metrics/quantize.json:\n          cache: false\n"
+    )
+
+    def tags_after_run() -> dict[str, str]:
+        with stage_run("quantize", load_config(ROOT / "params.yaml"), root=tmp_path) as run:
+            (tmp_path / "models").mkdir(exist_ok=True)
+            (tmp_path / "models/out.bin").write_bytes(b"weights")
+            run.write_metrics("quantize", {"bytes": 7, "seconds": 0.1})
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+        runs = mlflow.search_runs(experiment_names=["squeezegen"], output_format="list", order_by=["attributes.start_time DESC"])
+        return runs[0].data.tags
+
+    tags = tags_after_run()
+    md5 = lambda rel: hashlib.md5((tmp_path / rel).read_bytes()).hexdigest()  # noqa: E731
+    assert tags["dvc.dep.code/a.py"] == md5("code/a.py")
+    assert tags["dvc.dep.requirements.lock"] == md5("requirements.lock")
+    assert tags["dvc.out.models/out.bin"] == md5("models/out.bin")
+    assert tags["dvc.out.metrics/quantize.json"] == md5("metrics/quantize.json")
+    assert tags["dvc.dep.code"].endswith(".dir")
+    assert tags["lock_sha256"] == hashlib.sha256(b"torch==0\n").hexdigest()
+    assert tags["pkg.torch"] == metadata.version("torch") and tags["pkg.gguf"] == metadata.version("gguf")
+    assert {f"pkg.{name}" for name in ("diffusers", "transformers", "peft", "accelerate", "bitsandbytes",
+                                      "vector-quantize-pytorch", "lpips", "numpy")} <= set(tags)
+
+    (tmp_path / "code/__pycache__").mkdir()
+    (tmp_path / "code/__pycache__/a.pyc").write_bytes(b"ignored by .dvcignore, as DVC does")
+    assert tags_after_run()["dvc.dep.code"] == tags["dvc.dep.code"]
+    (tmp_path / "code/b.py").write_text("y = 2\n")
+    assert tags_after_run()["dvc.dep.code"] != tags["dvc.dep.code"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from squeezegen.errors import UserError
+from squeezegen.tracking import merge_perf
 
 # metrics/<name>.json → the stage that writes it
 METRICS_STAGES: dict[str, str] = {
@@ -77,7 +78,7 @@ def load_metrics(root: str | Path = ".") -> dict[str, dict[str, Any]]:
             raise UserError(f"{path}: not valid JSON ({exc}); re-run `dvc repro --force {stage}`") from None
         if not isinstance(value, dict):
             raise UserError(f"{path}: expected a JSON object of metrics; re-run `dvc repro --force {stage}`")
-        out[name] = value
+        out[name] = merge_perf(value)  # consumers read one dict; `perf` is a file-layout matter
     return out
 
 

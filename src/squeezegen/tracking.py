@@ -4,7 +4,13 @@ The default store is `sqlite:///<repo root>/mlflow.db` with an absolute path, so
 DVC's temporary experiment folders land in the same database; `MLFLOW_TRACKING_URI` overrides
 it (a shared server, say). Every run is tagged with its stage, profile, git commit, the DVC
 experiment name and a `pipeline_run` id shared by all stages one `dvc repro` / `dvc exp run`
-executes, so `mlflow ui` can group them.
+executes, so `mlflow ui` can group them; with the versions of the packages that shape results,
+the lock file's hash, and (after the stage) the DVC md5 of each of its deps and outs
+(`squeezegen.lineage`).
+
+Metrics files keep figures that depend on the machine's speed or load under one `perf` key
+(`split_perf`), so everything else is expected to be identical across clean runs on one machine
+and `dvc metrics diff` between two such runs shows only `perf.*`.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 from squeezegen.config import STAGE_SECTIONS, Config
 from squeezegen.files import atomic_write_json
@@ -25,6 +32,71 @@ from squeezegen.files import atomic_write_json
 EXPERIMENT = "squeezegen"
 METRICS_DIR = Path("metrics")
 log = logging.getLogger(__name__)
+PERF = "perf"
+# Leaf names that measure time, speed or process memory (RSS): they vary with the machine's load.
+_PERF_NAME = re.compile(r"seconds|per_s$|_per_s_|(^|_)rss(_|$)|throughput|speed")
+
+
+# Memory peaks that are a CPU process's RSS (machine-dependent) but CUDA's exact allocated bytes.
+PEAK_MEMORY_KEYS = frozenset({
+    "peak_bytes", "load_peak_bytes", "peak_mem_bytes", "peak_mem_ratio",
+    "peak_mem_bytes_fp16", "peak_mem_bytes_compressed",
+})
+
+
+def memory_perf_keys(device_type: str) -> frozenset[str]:
+    """`machine_dependent` keys for memory peaks measured on `device_type` ("cuda", "cpu", …)."""
+    return frozenset() if device_type == "cuda" else PEAK_MEMORY_KEYS
+
+
+def is_perf_name(key: str) -> bool:
+    """Whether a metric's own name says it depends on speed or load (`seconds`, `steps_per_s`, `peak_rss`)."""
+    return bool(_PERF_NAME.search(key))
+
+
+def split_perf(metrics: Mapping[str, Any], machine_dependent: Collection[str] = ()) -> dict[str, Any]:
+    """Move every speed/load figure into `metrics["perf"]`, keeping its nested path.
+
+    A leaf goes to `perf` when `is_perf_name` says so or its name is in `machine_dependent`
+    (e.g. `peak_bytes` when it is a CPU process's RSS rather than CUDA's exact allocated bytes).
+    """
+    perf: dict[str, Any] = dict(metrics.get(PERF, {}))
+
+    def walk(node: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+        kept: dict[str, Any] = {}
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                sub = walk(value, (*path, key))
+                if sub or not value:
+                    kept[key] = sub
+            elif is_perf_name(key) or key in machine_dependent:
+                target = perf
+                for part in path:
+                    target = target.setdefault(part, {})
+                target[key] = value
+            else:
+                kept[key] = value
+        return kept
+
+    out = walk({k: v for k, v in metrics.items() if k != PERF}, ())
+    if perf:
+        out[PERF] = perf
+    return out
+
+
+def merge_perf(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `split_perf`: one nested dict with the `perf` figures back in place."""
+
+    def merge(into: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+        for key, value in extra.items():
+            if isinstance(value, Mapping) and isinstance(into.get(key), Mapping):
+                into[key] = merge(dict(into[key]), value)
+            else:
+                into[key] = value
+        return into
+
+    rest = {k: v for k, v in metrics.items() if k != PERF}
+    return merge(rest, metrics.get(PERF, {}))
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -118,9 +190,11 @@ class StageRun:
     run_id: str | None = None
     _mlflow: Any = field(default=None, repr=False)
 
-    def write_metrics(self, name: str, metrics: Mapping[str, Any]) -> Path:
-        """Write `metrics/<name>.json` atomically and log the same flattened numbers to MLflow."""
+    def write_metrics(self, name: str, metrics: Mapping[str, Any], *, machine_dependent: Collection[str] = ()) -> Path:
+        """Write `metrics/<name>.json` atomically (speed/load figures under `perf`, see
+        `split_perf`) and log the same flattened numbers to MLflow."""
         path = self.root / METRICS_DIR / f"{name}.json"
+        metrics = split_perf(metrics, machine_dependent)
         atomic_write_json(path, metrics)
         if self._mlflow is not None:
             flat = flatten(metrics)
@@ -165,12 +239,15 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri() if uri.startswith("sqlite:///") else None
         mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     mlflow.set_experiment(EXPERIMENT)
+    from squeezegen.lineage import environment_tags, lineage_tags
+
     tags = {
         "stage": stage,
         "profile": cfg.profile,
         "git_commit": _git_commit(root),
         "pipeline_run": pipeline_run_id(),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        **environment_tags(root),
     }
     with mlflow.start_run(run_name=stage, tags=tags) as active:
         params = {"seed": cfg.seed, "profile": cfg.profile}
@@ -178,6 +255,8 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
             params.update({f"{section}.{k}": v for k, v in _flatten_params(values).items()})
         mlflow.log_params(params)
         yield StageRun(stage, cfg, root, active.info.run_id, mlflow)
+        # after the stage: its outs exist, so the run names the exact inputs and outputs
+        mlflow.set_tags(lineage_tags(root, stage))
 
 
 def _flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from squeezegen.config import load_config
 from squeezegen.errors import UserError
 from squeezegen.stages.quantize import BASE_DIR, LORA_DIR, QUANT_DIR, quant_policy
-from squeezegen.tracking import stage_run
+from squeezegen.tracking import memory_perf_keys, stage_run
 
 REPORT_DIR = Path("reports/benchmark")
 MEMORY_CSV = Path("metrics/benchmark_memory.csv")
@@ -70,7 +70,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             bench.samples_strip(images, str(tmp / "samples.png"))
             (tmp / "table.md").write_text(bench.memory_table(summary, lpips_name))
         atomic_write_text(MEMORY_CSV, bench.memory_csv(summary))
-        run.write_metrics("benchmark", summary)
+        run.write_metrics("benchmark", summary, machine_dependent=memory_perf_keys(device.type))
         for name in ("memory.png", "samples.png", "table.md"):
             run.log_artifact(REPORT_DIR / name, artifact_path="benchmark")
     return summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from squeezegen.config import Config, load_config
-from squeezegen.tracking import stage_run
+from squeezegen.tracking import memory_perf_keys, stage_run
 
 BASE_DIR = Path("models/base")
 LORA_DIR = Path("models/lora")
@@ -95,7 +95,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         )
         text = report.build_report(metrics, headline, profile=cfg.profile, samples_caption=caption)
         atomic_write_text(REPORT, text)
-        run.write_metrics("evaluate", headline)
+        run.write_metrics("evaluate", headline, machine_dependent=memory_perf_keys(metrics["benchmark"].get("device_type", "cpu")))
         # the report and every picture it shows, at the same relative paths, so the artifact folder reads on its own
         run.log_artifact(REPORT, "report")
         for picture in report.PICTURES:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from squeezegen.config import load_config
-from squeezegen.tracking import stage_run
+from squeezegen.tracking import memory_perf_keys, stage_run
 
 PROCESSED_DIR = Path("data/processed")
 BASE_DIR = Path("models/base")
@@ -77,7 +77,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             "seconds": round(result.train.seconds, 2),
             "resumed_from_step": result.train.resumed_from_step,
         }
-        run.write_metrics("lora", metrics)
+        run.write_metrics("lora", metrics, machine_dependent=memory_perf_keys(accelerator.device.type))
         cleanup_checkpoints(CHECKPOINT_DIR)
     print(
         f"finetune_lora: {metrics['trainable_params']:,} trainable of {metrics['total_params']:,} UNet params, "

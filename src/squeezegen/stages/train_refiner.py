@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from squeezegen.config import load_config
-from squeezegen.tracking import stage_run
+from squeezegen.tracking import memory_perf_keys, stage_run
 
 PROCESSED_DIR = Path("data/processed")
 RQVAE_DIR = Path("models/rqvae")
@@ -83,7 +83,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         by_levels, refined = progressive_rows(rqvae, shown, refiner=refiner, device=device)
         render_progressive(PICTURE, shown.cpu(), by_levels, refined, title=f"RQ-VAE levels + refiner ({metrics['params'] / 1e6:.2f} M params)")
         run.log_artifact(PICTURE, "pictures")
-        run.write_metrics("refiner", metrics)
+        run.write_metrics("refiner", metrics, machine_dependent=memory_perf_keys(accelerator.device.type))
         cleanup_checkpoints(CHECKPOINT_DIR)
     print(
         f"train_refiner: val PSNR {metrics['psnr_before']:.2f} → {metrics['psnr_after']:.2f} dB, "

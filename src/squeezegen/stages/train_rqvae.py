@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from squeezegen.config import load_config
-from squeezegen.tracking import stage_run
+from squeezegen.tracking import memory_perf_keys, stage_run
 
 PROCESSED_DIR = Path("data/processed")
 MODEL_DIR = Path("models/rqvae")
@@ -79,7 +79,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         title = f"RQ-VAE: {metrics['grid'][0]}×{metrics['grid'][1]} codes × {rq.levels} levels, K={rq.codebook_size}"
         render_progressive(PICTURE, shown.cpu(), by_levels, None, title=title)
         run.log_artifact(PICTURE, "pictures")
-        run.write_metrics("rqvae", metrics)
+        run.write_metrics("rqvae", metrics, machine_dependent=memory_perf_keys(accelerator.device.type))
         cleanup_checkpoints(CHECKPOINT_DIR)
     by_level = ", ".join(f"{v:.2f}" for v in metrics["psnr_by_levels"])
     print(f"train_rqvae: val PSNR by levels [{by_level}] dB, {lpips_name} {metrics[lpips_name]:.4f} → {MODEL_DIR}")
