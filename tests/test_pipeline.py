@@ -88,6 +88,65 @@ def test_second_repro_runs_nothing(toy):
     assert ran_stages(again.stdout) == set(), again.stdout
 
 
+def _lock_md5s(repo: Path) -> dict[str, dict[str, str]]:
+    """{stage: {"dep.<path>" / "out.<path>": md5}} from dvc.lock."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {stage: {f"{kind}.{e['path']}": e["md5"] for kind in ("dep", "out") for e in entry.get(f"{kind}s", [])}
+            for stage, entry in lock.items()}
+
+
+def _without_perf(path: Path) -> dict:
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != "perf"}
+
+
+def test_each_mlflow_run_is_tagged_with_the_dvc_md5_of_its_deps_and_outs(toy):
+    import hashlib
+    from importlib import metadata
+
+    with sqlite3.connect(toy / "mlflow.db") as db:
+        rows = db.execute("SELECT t.run_uuid, t.key, t.value FROM tags t").fetchall()
+    runs: dict[str, dict[str, str]] = {}
+    for run_id, key, value in rows:
+        runs.setdefault(run_id, {})[key] = value
+    by_stage = {tags["stage"]: tags for tags in runs.values() if "stage" in tags}
+    for stage, expected in _lock_md5s(toy).items():
+        tags = by_stage[stage]
+        got = {key.removeprefix("dvc."): value for key, value in tags.items() if key.startswith("dvc.")}
+        assert got == expected, stage
+        assert tags["lock_sha256"] == hashlib.sha256((toy / "requirements.lock").read_bytes()).hexdigest()
+        assert tags["pkg.torch"] == metadata.version("torch") and tags["pkg.diffusers"] == metadata.version("diffusers")
+
+
+def test_forced_reruns_give_byte_identical_outputs_and_quality_metrics(toy):
+    before = _lock_md5s(toy)
+    metrics_before = {name: _without_perf(toy / f"metrics/{name}.json") for name in ("data", "quantize")}
+    for stage in ("preprocess", "quantize"):
+        assert ran_stages(dvc("repro", "-f", "-s", stage, cwd=toy).stdout) == {stage}
+    after = _lock_md5s(toy)
+    for stage in ("preprocess", "quantize"):
+        assert after[stage] == before[stage], stage  # every dep and out, metrics files included
+    for name, values in metrics_before.items():
+        assert _without_perf(toy / f"metrics/{name}.json") == values, name
+
+
+def test_dvc_status_flags_exactly_the_stages_that_import_a_changed_module(toy):
+    from squeezegen.stagedeps import import_closure
+
+    spec = yaml.safe_load((toy / "dvc.yaml").read_text())["stages"]
+    closures = {name: import_closure(toy, Path(stage["cmd"].split()[1])) for name, stage in spec.items()}
+    for module in ("src/squeezegen/metrics.py", "src/squeezegen/seed.py", "src/squeezegen/data/captions.py",
+                   "src/squeezegen/rq/model.py", "src/squeezegen/tracking.py"):
+        path = toy / module
+        original = path.read_text()
+        path.write_text(original + "\n# changed\n")
+        try:
+            status = json.loads(dvc("status", "--json", cwd=toy).stdout)
+        finally:
+            path.write_text(original)
+        expected = {name for name, closure in closures.items() if Path(module) in closure}
+        assert expected and set(status) == expected, (module, sorted(status), sorted(expected))
+
+
 def test_lora_rank_only_touches_the_lora_stage(toy):
     params = toy / "params.yaml"
     original = params.read_text()
