@@ -8,6 +8,12 @@ executes, so `mlflow ui` can group them; with the versions of the packages that 
 the lock file's hash, and (after the stage) the DVC md5 of each of its deps and outs
 (`squeezegen.lineage`).
 
+A run ends FINISHED, FAILED (the stage raised) or KILLED (Ctrl-C, or SIGTERM from `dvc queue kill`
+or a scheduler; the stage then exits with code 143). A run whose process died without a word
+(SIGKILL, the kernel's out-of-memory killer) stays RUNNING in the store; the next run of the same
+stage on the same machine finds it by its `host` / `pid` tags and marks it FAILED
+(`mark_stale_runs`).
+
 Metrics files keep figures that depend on the machine's speed or load under one `perf` key
 (`split_perf`), so everything else is expected to be identical across clean runs on one machine
 and `dvc metrics diff` between two such runs shows only `perf.*`.
@@ -20,7 +26,10 @@ import hashlib
 import logging
 import os
 import re
+import signal
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,10 +228,65 @@ class StageRun:
                 self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+class StageTerminated(SystemExit):
+    """SIGTERM arrived while a stage ran: unwinds like Ctrl-C so the run is ended KILLED; exit code 143."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into `StageTerminated` for the block (Python's default dies without unwinding,
+    leaving the MLflow run RUNNING). Only the main thread may set handlers; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise StageTerminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _process_alive(pid: int, start: str) -> bool:
+    """Whether process `pid` still runs and is the one that started at `start` (pids are reused)."""
+    return Path(f"/proc/{pid}").exists() and _proc_start(pid) == start
+
+
+def mark_stale_runs(client: Any, experiment_id: str, stage: str, *, note: str = "") -> list[str]:
+    """End as FAILED every RUNNING run of `stage` whose process is gone; returns their run ids.
+
+    Only runs made on this host are judged (another machine's processes cannot be seen from
+    here), by their `pid` + `pid_start` tags; a RUNNING run without those tags was made by a
+    version of squeezegen that did not record its process, so it is stale too.
+    """
+    stale = []
+    for found in client.search_runs(
+        [experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'", max_results=1000
+    ):
+        tags = found.data.tags
+        if tags.get("host", socket.gethostname()) != socket.gethostname():
+            continue
+        pid, start = tags.get("pid"), tags.get("pid_start")
+        if pid and pid.isdigit() and start and _process_alive(int(pid), start):
+            continue
+        client.set_tag(found.info.run_id, "ended_by", f"marked FAILED as stale: its process is gone{note}")
+        client.set_terminated(found.info.run_id, status="FAILED")
+        stale.append(found.info.run_id)
+    return stale
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[StageRun]:
     """Open one MLflow run for `stage`, tagged and with that stage's params logged.
 
+    The run ends FINISHED, FAILED if the block raises, KILLED on Ctrl-C or SIGTERM (see the
+    module doc); stale RUNNING runs of the same stage are marked FAILED first.
     Set `SQUEEZEGEN_MLFLOW=0` to skip MLflow entirely (metrics files are still written).
     """
     root = root or repo_root()
@@ -238,25 +302,43 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
         # artifacts next to the default store (absolute), not wherever the stage happens to run
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri() if uri.startswith("sqlite:///") else None
         mlflow.create_experiment(EXPERIMENT, artifact_location=location)
-    mlflow.set_experiment(EXPERIMENT)
+    experiment = mlflow.set_experiment(EXPERIMENT)
     from squeezegen.lineage import environment_tags, lineage_tags
 
+    client = mlflow.tracking.MlflowClient()
+    for run_id in mark_stale_runs(client, experiment.experiment_id, stage):
+        log.warning("%s: MLflow run %s was left RUNNING by a process that is gone; marked FAILED", stage, run_id)
     tags = {
         "stage": stage,
         "profile": cfg.profile,
         "git_commit": _git_commit(root),
         "pipeline_run": pipeline_run_id(),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "pid_start": _proc_start(os.getpid()),
         **environment_tags(root),
     }
-    with mlflow.start_run(run_name=stage, tags=tags) as active:
-        params = {"seed": cfg.seed, "profile": cfg.profile}
-        for section, values in cfg.section_dict(*STAGE_SECTIONS.get(stage, ())).items():
-            params.update({f"{section}.{k}": v for k, v in _flatten_params(values).items()})
-        mlflow.log_params(params)
-        yield StageRun(stage, cfg, root, active.info.run_id, mlflow)
-        # after the stage: its outs exist, so the run names the exact inputs and outputs
-        mlflow.set_tags(lineage_tags(root, stage))
+    active = mlflow.start_run(run_name=stage, tags=tags)
+    status = "FAILED"
+    try:
+        with _sigterm_unwinds():
+            params = {"seed": cfg.seed, "profile": cfg.profile}
+            for section, values in cfg.section_dict(*STAGE_SECTIONS.get(stage, ())).items():
+                params.update({f"{section}.{k}": v for k, v in _flatten_params(values).items()})
+            mlflow.log_params(params)
+            yield StageRun(stage, cfg, root, active.info.run_id, mlflow)
+            # after the stage: its outs exist, so the run names the exact inputs and outputs
+            mlflow.set_tags(lineage_tags(root, stage))
+        status = "FINISHED"
+    except (KeyboardInterrupt, StageTerminated):
+        status = "KILLED"
+        raise
+    finally:
+        if (current := mlflow.active_run()) is not None and current.info.run_id == active.info.run_id:
+            mlflow.end_run(status)
+        else:  # the block ended or replaced the active run: end ours by id
+            client.set_terminated(active.info.run_id, status=status)
 
 
 def _flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

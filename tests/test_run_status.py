@@ -1,0 +1,96 @@
+"""MLflow run status: FAILED when a stage raises, KILLED on SIGTERM / Ctrl-C, stale RUNNING runs ended."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from squeezegen.config import load_config
+from squeezegen.tracking import EXPERIMENT, stage_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty MLflow store in tmp_path (the default sqlite location for root=tmp_path)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SQUEEZEGEN_MLFLOW", raising=False)
+    monkeypatch.setenv("SQUEEZEGEN_PIPELINE_RUN", "pipe-test")
+    return tmp_path
+
+
+def runs(root: Path) -> list:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    return mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list", order_by=["attributes.start_time ASC"])
+
+
+def test_a_stage_that_raises_leaves_its_run_failed(store):
+    cfg = load_config(ROOT / "params.yaml")
+    with pytest.raises(RuntimeError, match="boom"):
+        with stage_run("train_rqvae", cfg, root=store):
+            raise RuntimeError("boom")
+    (found,) = runs(store)
+    assert found.info.status == "FAILED"
+
+
+def test_a_stage_that_finishes_is_finished_and_ctrl_c_is_killed(store):
+    cfg = load_config(ROOT / "params.yaml")
+    with stage_run("preprocess", cfg, root=store):
+        pass
+    with pytest.raises(KeyboardInterrupt):
+        with stage_run("preprocess", cfg, root=store):
+            raise KeyboardInterrupt
+    assert [r.info.status for r in runs(store)] == ["FINISHED", "KILLED"]
+
+
+def test_sigterm_ends_the_run_killed_and_exits_143(store):
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        from squeezegen.config import load_config
+        from squeezegen.tracking import stage_run
+        with stage_run("train_refiner", load_config({str(ROOT / "params.yaml")!r}), root=__import__("pathlib").Path({str(store)!r})):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    (found,) = runs(store)
+    assert found.info.status == "KILLED"
+
+
+def test_stale_running_runs_of_the_stage_are_marked_failed_on_restart(store):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    cfg = load_config(ROOT / "params.yaml")
+    with stage_run("finetune_lora", cfg, root=store):  # creates the experiment
+        pass
+    client = MlflowClient()
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = socket.gethostname()
+
+    def running(stage: str, **tags: str) -> str:
+        return client.create_run(experiment, tags={"stage": stage, **tags}, run_name=stage).info.run_id
+
+    killed = running("finetune_lora", host=here, pid=str(dead.pid), pid_start="1")  # a process that is gone
+    alive = running("finetune_lora", host=here, pid=str(os.getpid()),
+                    pid_start=Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    elsewhere = running("finetune_lora", host=here + "-other", pid="1", pid_start="1")  # cannot be judged from here
+    other_stage = running("quantize", host=here, pid=str(dead.pid), pid_start="1")
+    with stage_run("finetune_lora", cfg, root=store):
+        pass
+    status = {run_id: client.get_run(run_id).info.status for run_id in (killed, alive, elsewhere, other_stage)}
+    assert status == {killed: "FAILED", alive: "RUNNING", elsewhere: "RUNNING", other_stage: "RUNNING"}
+    assert "stale" in client.get_run(killed).data.tags["ended_by"]
