@@ -105,3 +105,31 @@ def test_hub_offline_unknown_model_says_what_to_do(tmp_path, monkeypatch):
     assert "squeezegen-tests/no-such-model" in message and "HF_HUB_OFFLINE" in message
     assert "hf auth login" in message and "sd.base" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_local_fp16_folder_stays_fp16(tiny_pipe, tmp_path):
+    from safetensors import safe_open
+
+    from squeezegen.sd.hub import weights_dtype
+
+    source = tmp_path / "fp16"
+    tiny_pipe.to(dtype=torch.float16).save_pretrained(source)
+    tiny_pipe.to(dtype=torch.float32)  # the module-scoped fixture stays as it was
+    out = fetch_base(str(source), tmp_path / "models" / "base", seed=0)
+    assert weights_dtype(out) == torch.float16
+    for part in ("unet", "vae", "text_encoder"):
+        (weights,) = (out / part).glob("*.safetensors")
+        with safe_open(str(weights), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, part
+        assert weights.stat().st_size <= 1.01 * next((source / part).glob("*.safetensors")).stat().st_size
+
+
+def test_fetch_base_says_when_the_disk_is_too_small(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(UserError, match="needs ~.* GB of disk"):
+        fetch_base(str(tiny_dir), tmp_path / "models" / "base", seed=0)
+    assert not (tmp_path / "models" / "base").exists()

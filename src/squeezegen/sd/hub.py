@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,7 +42,8 @@ def fetch_base(spec: str, out_dir: str | os.PathLike, *, seed: int) -> Path:
     """Write the base pipeline named by `spec` to `out_dir` (atomically) as a diffusers folder.
 
     `spec` is `tiny` (a tiny SD-architecture pipeline built from `seed`, offline), an existing
-    local diffusers folder (validated by loading it, then re-saved), or a hub repo id
+    local diffusers folder (validated by loading it, then re-saved in its own dtype: fp16 stays
+    fp16), or a hub repo id
     (fp16 safetensors, configs and tokenizer downloaded; no safety checker). The result loads
     offline with `StableDiffusionPipeline.from_pretrained(out_dir)`.
     Raises UserError when the folder is not a pipeline or the hub cannot provide the model.
@@ -58,10 +61,42 @@ def fetch_base(spec: str, out_dir: str | os.PathLike, *, seed: int) -> Path:
             f"sd.base: {spec!r} is neither `tiny`, an existing folder, nor a hub id like "
             "'stable-diffusion-v1-5/stable-diffusion-v1-5'; fix sd.base in params.yaml"
         )
+    weight_bytes = sum(t.numel() * t.element_size() for m in pipe.components.values()
+                       if isinstance(m, torch.nn.Module) for t in m.state_dict().values())
+    check_free_disk(out_dir, int(weight_bytes * 1.05), f"fetch_base ({spec})")  # before writing: fail in seconds
     with atomic_path(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     log.info("fetch_base: %s → %s", spec, out_dir)
     return Path(out_dir)
+
+
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+
+def weights_dtype(folder: Path, variant: str | None = None) -> torch.dtype | None:
+    """The float dtype of the UNet weights in a diffusers folder, read from the safetensors header
+    (nothing is loaded); None when there is no such file (diffusers' default, fp32, then applies)."""
+    name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
+    files = sorted((folder / "unet").glob(name.replace(".safetensors", "*.safetensors")))  # sharded or not
+    if not files:
+        return None
+    with open(files[0], "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    kinds = [v["dtype"] for k, v in header.items() if k != "__metadata__" and v["dtype"] in _SAFETENSORS_DTYPES]
+    return _SAFETENSORS_DTYPES[max(set(kinds), key=kinds.count)] if kinds else None
+
+
+def check_free_disk(out_dir: str | os.PathLike, need_bytes: int, what: str) -> None:
+    """UserError when the file system of `out_dir` has less than `need_bytes` free (checked before writing)."""
+    probe = Path(out_dir).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise UserError(
+            f"{what} needs ~{need_bytes / 1e9:.1f} GB of disk at {probe}, only {free / 1e9:.1f} GB is free; "
+            "free some space (`dvc gc` drops cache entries no commit or experiment uses)"
+        )
 
 
 def _load_local(folder: Path) -> StableDiffusionPipeline:
@@ -70,9 +105,10 @@ def _load_local(folder: Path) -> StableDiffusionPipeline:
     errors = []
     for variant in (None, "fp16"):  # plain weights, else a folder holding only *.fp16.safetensors
         try:
+            # in the folder's own dtype: diffusers would otherwise upcast fp16 weights to fp32 (2× the bytes)
             return StableDiffusionPipeline.from_pretrained(
-                str(folder), variant=variant, safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False, local_files_only=True,
+                str(folder), variant=variant, dtype=weights_dtype(folder, variant) or torch.float32,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True,
             )
         except (OSError, ValueError) as exc:
             errors.append(f"{variant or 'default'}: {exc}")
