@@ -92,12 +92,12 @@ def test_quantized_folder_has_gguf_int8_text_encoder_and_full_manifest(files):
 
 
 def test_lora_is_fused_into_the_quantized_unet(files):
-    from squeezegen.quant.gguf_io import read_gguf
+    from squeezegen.quant.unet_loader import read_unet_tensors
     from squeezegen.sd.compressed import fused_unet_state_dict
 
     base = fused_unet_state_dict(files["base"])
     fused = fused_unet_state_dict(files["base"], files["lora"])
-    tensors, _ = read_gguf(files["quant"] / "unet.gguf")
+    tensors = read_unet_tensors(files["quant"] / "unet.gguf")  # by diffusers name, as `fused`
     names = [n for n in fused if n.endswith("to_q.weight") and tensors[n].quantized]
     assert names
     for name in names:

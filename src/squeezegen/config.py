@@ -107,6 +107,7 @@ class QuantizeConfig:
     min_elements: int = _range(0)
     reshape_convs: bool = True
     text_encoder_8bit: bool = True
+    key_format: Literal["ldm", "diffusers"] = "ldm"
 
     def check(self, path: str) -> None:
         import re

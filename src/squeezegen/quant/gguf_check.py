@@ -14,7 +14,8 @@ what our runtime relies on:
   padding) ends;
 - the metadata we use: `general.architecture` a string, `general.alignment` a UINT32 power of
   two, `comfy.gguf.orig_shape.<name>` an array of 1..4 positive ints for a tensor of that
-  many elements, `squeezegen.policy` a policy, and every tensor typed as that policy chooses.
+  many elements, `squeezegen.policy` a policy, and every tensor typed as that policy chooses
+  (for the diffusers name of the tensor: LDM names are mapped back first).
 
 Every problem is one UserError (one line) naming the file, the tensor or field, and the byte
 offset; names are printed with `!r`, so control bytes show as escapes.
@@ -32,6 +33,7 @@ from typing import Any, BinaryIO
 from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from squeezegen.errors import ConfigError, UserError
+from squeezegen.quant.ldm_keys import KEY_FORMATS, unet_ldm_to_diffusers
 from squeezegen.quant.policy import FLOAT_TYPES, QUANTIZED_TYPES, QuantPolicy, choose_type
 
 # The types the policy can choose are the types our writer writes and our runtime decodes.
@@ -298,9 +300,19 @@ def _check_policy(path: Path, layout: GGUFLayout) -> None:
     """Every tensor has the type and stored shape the file's own `squeezegen.policy` chooses for it."""
     text = _string_entry(path, layout.metadata, POLICY_KEY, required=False)
     key_format = _string_entry(path, layout.metadata, KEY_FORMAT_KEY, required=False)
-    if text is None or key_format != "diffusers":  # the policy's patterns match diffusers keys
+    if text is None or key_format is None:  # not written by squeezegen: nothing to hold it to
         return
     at = layout.metadata[POLICY_KEY].at
+    if key_format not in KEY_FORMATS:
+        where = f"metadata {KEY_FORMAT_KEY!r} at byte {layout.metadata[KEY_FORMAT_KEY].at}"
+        raise _invalid(path, f"{where} is {key_format!r}, not one of {', '.join(KEY_FORMATS)}")
+    # The policy's patterns are written for diffusers names: map LDM names back before choosing.
+    policy_name = {t.name: t.name for t in layout.tensors}
+    if key_format == "ldm":
+        try:
+            policy_name = unet_ldm_to_diffusers(policy_name)
+        except UserError as err:
+            raise _invalid(path, f"its tensor names are not a UNet's LDM names ({err})") from None
     try:
         fields = json.loads(text)
         policy = QuantPolicy(**fields)
@@ -308,7 +320,7 @@ def _check_policy(path: Path, layout: GGUFLayout) -> None:
         raise _invalid(path, f"metadata {POLICY_KEY!r} at byte {at} is not a tensor policy ({err!r})") from None
     for t in layout.tensors:
         try:
-            plan = choose_type(t.name, layout.shapes[t.name], policy)
+            plan = choose_type(policy_name[t.name], layout.shapes[t.name], policy)
         except (ValueError, TypeError) as err:
             raise _invalid(path, f"metadata {POLICY_KEY!r} at byte {at} cannot be applied ({err!r})") from None
         if (plan.qtype, plan.stored_shape) != (t.qtype, t.stored_shape):

@@ -2,11 +2,12 @@
 
 File layout decisions:
 
-- tensor names are the diffusers state-dict keys (`down_blocks.0.resnets.0.conv1.weight`), so
-  diffusers' `from_single_file(..., quantization_config=GGUFQuantizationConfig(...))` takes the
-  file without key conversion (it only reads tensors; it ignores the architecture);
-- `general.architecture` is "sd1", ComfyUI-GGUF's name for SD 1.x UNets; `squeezegen.key_format`
-  says the keys are diffusers', not the original LDM ones;
+- tensor names are the original LDM ones by default (`model.diffusion_model.input_blocks.1.0.
+  in_layers.2.weight`: what ComfyUI-GGUF, which strips the prefix, and every SD tool read, and
+  what diffusers' `from_single_file` converts, which needs the prefix), or the diffusers
+  state-dict keys (`key_format="diffusers"`); `squeezegen.key_format` says which. The policy
+  always chooses types by the diffusers name (its patterns are written for those);
+- `general.architecture` is "sd1", ComfyUI-GGUF's name for SD 1.x UNets;
 - a tensor stored as rows of one block keeps its true shape (torch order) as an INT32 array
   under `comfy.gguf.orig_shape.<name>` (ComfyUI-GGUF's convention);
 - our own metadata lives under `squeezegen.*` (version, policy as JSON, the caller's keys).
@@ -14,6 +15,7 @@ File layout decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -32,6 +34,7 @@ import squeezegen
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path
 from squeezegen.quant.gguf_check import ORIG_SHAPE_PREFIX, check_gguf
+from squeezegen.quant.ldm_keys import KEY_FORMATS, LDM_UNET_PREFIX, unet_diffusers_to_ldm
 from squeezegen.quant.policy import QuantPolicy, TensorPlan, choose_type, tensor_nbytes
 from squeezegen.quant.q4k import dequantize_q4_k, quantize_q4_k
 from squeezegen.quant.report import QuantReport, TensorRecord
@@ -112,37 +115,29 @@ def _add_metadata_value(writer: GGUFWriter, key: str, value: Any) -> None:
         writer.add_key_value(key, json.dumps(value, sort_keys=True), GGUFValueType.STRING)
 
 
-def write_unet_gguf(
+def write_planned_gguf(
     path: str | os.PathLike,
-    state_dict: Mapping[str, torch.Tensor],
+    plans: list[TensorPlan],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any],
     *,
-    policy: QuantPolicy = QuantPolicy(),
-    metadata: Mapping[str, Any] | None = None,
     architecture: str = ARCHITECTURE,
     progress: bool = True,
-) -> QuantReport:
-    """Quantize `state_dict` (diffusers UNet keys) tensor by tensor into a GGUF file at `path`.
+    desc: str = "write GGUF",
+) -> tuple[list[TensorRecord], int]:
+    """Write `tensors[plan.name]` as each plan says (type, stored shape, orig_shape) into a GGUF
+    file at `path`, with `metadata` (full keys) next to `general.architecture`.
 
-    Each tensor's type comes from `choose_type(name, shape, policy)`. `metadata` entries are
-    stored as `squeezegen.<key>` (str/int/float/bool as such, anything else as JSON), next to
-    `squeezegen.version`, `squeezegen.policy` and `squeezegen.key_format`. Tensors are encoded
-    and written one at a time (peak memory ≈ one tensor in fp32 plus its encoding); the file
-    is written atomically. Returns a QuantReport with per-tensor sizes and errors.
+    Tensors are encoded and written one at a time (peak memory ≈ one tensor in fp32 plus its
+    encoding); the file is written atomically. Returns (a record per tensor, the file's bytes).
     """
-    metadata = dict(metadata or {})
-    if reserved := {"version", "key_format", "policy"} & set(metadata):
-        raise ValueError(f"metadata keys {sorted(reserved)} are written by write_unet_gguf itself")
-    plans = [choose_type(name, tuple(tensor.shape), policy) for name, tensor in state_dict.items()]
     records: list[TensorRecord] = []
     path = Path(path)
     with atomic_path(path) as tmp:
         writer = GGUFWriter(tmp, arch=architecture)
         writer.add_quantization_version(GGML_QUANT_VERSION)
-        _add_metadata_value(writer, META_PREFIX + "version", squeezegen.__version__)
-        _add_metadata_value(writer, META_PREFIX + "key_format", "diffusers")
-        _add_metadata_value(writer, META_PREFIX + "policy", policy.to_json())
         for key, value in metadata.items():
-            _add_metadata_value(writer, META_PREFIX + key, value)
+            _add_metadata_value(writer, key, value)
         for plan in plans:
             if plan.orig_shape is not None:
                 writer.add_key_value(
@@ -159,9 +154,9 @@ def write_unet_gguf(
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             total = sum(plan.n_params for plan in plans)
-            with tqdm(total=total, desc="quantize UNet", unit="w", unit_scale=True, disable=not progress) as bar:
+            with tqdm(total=total, desc=desc, unit="w", unit_scale=True, disable=not progress) as bar:
                 for plan in plans:
-                    x = state_dict[plan.name].detach().to("cpu", torch.float32).numpy().reshape(plan.stored_shape)
+                    x = tensors[plan.name].detach().to("cpu", torch.float32).numpy().reshape(plan.stored_shape)
                     data = encode_array(x, plan.qtype, name=plan.name)  # [*rows, bytes per row] or floats
                     writer.write_tensor_data(data)
                     records.append(_record(plan, _rel_rmse(x, decode_array(data, plan.qtype))))
@@ -170,6 +165,46 @@ def write_unet_gguf(
         finally:
             writer.close()
         bytes_gguf = tmp.stat().st_size
+    return records, bytes_gguf
+
+
+def write_unet_gguf(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    policy: QuantPolicy = QuantPolicy(),
+    metadata: Mapping[str, Any] | None = None,
+    architecture: str = ARCHITECTURE,
+    key_format: str = "diffusers",
+    progress: bool = True,
+) -> QuantReport:
+    """Quantize `state_dict` (diffusers UNet keys) tensor by tensor into a GGUF file at `path`.
+
+    Each tensor's type comes from `choose_type(diffusers name, shape, policy)`; with `key_format`
+    "ldm" it is stored under `model.diffusion_model.<LDM name>` (the report uses the stored
+    names). `metadata` entries are stored as `squeezegen.<key>` (str/int/float/bool as such,
+    anything else as JSON), next to `squeezegen.version`, `squeezegen.policy` and
+    `squeezegen.key_format`. Written by `write_planned_gguf` (one tensor at a time, atomically).
+    Returns a QuantReport with per-tensor sizes and errors.
+    """
+    metadata = dict(metadata or {})
+    if reserved := {"version", "key_format", "policy"} & set(metadata):
+        raise ValueError(f"metadata keys {sorted(reserved)} are written by write_unet_gguf itself")
+    if key_format not in KEY_FORMATS:
+        raise ValueError(f"key_format must be one of {KEY_FORMATS}, got {key_format!r}")
+    stored_name = {name: name for name in state_dict}
+    if key_format == "ldm":
+        stored_name = {name: LDM_UNET_PREFIX + ldm for name, ldm in unet_diffusers_to_ldm(state_dict).items()}
+    plans = [
+        dataclasses.replace(choose_type(name, tuple(tensor.shape), policy), name=stored_name[name])
+        for name, tensor in state_dict.items()
+    ]
+    entries = {META_PREFIX + "version": squeezegen.__version__, META_PREFIX + "key_format": key_format,
+               META_PREFIX + "policy": policy.to_json()} | {META_PREFIX + k: v for k, v in metadata.items()}  # fmt: skip
+    records, bytes_gguf = write_planned_gguf(
+        path, plans, {stored_name[name]: t for name, t in state_dict.items()}, entries,
+        architecture=architecture, progress=progress, desc="quantize UNet",
+    )  # fmt: skip
     return QuantReport(tensors=records, bytes_gguf=bytes_gguf, metadata=metadata)
 
 

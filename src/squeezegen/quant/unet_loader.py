@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,6 +16,7 @@ from torch import nn
 
 from squeezegen.errors import UserError
 from squeezegen.quant.gguf_io import GGUFTensor, read_gguf
+from squeezegen.quant.ldm_keys import is_ldm_unet, unet_ldm_to_diffusers
 from squeezegen.quant.modules import GGUFConv2d, GGUFLinear
 
 _SHOW = 5  # how many names of each problem an error message lists
@@ -61,6 +63,15 @@ def check_tensors_match(path: Path, tensors: Mapping[str, GGUFTensor], model: nn
         )
 
 
+def read_unet_tensors(path: str | os.PathLike) -> dict[str, GGUFTensor]:
+    """The UNet tensors of a GGUF file by diffusers name, whichever names the file uses (LDM or diffusers)."""
+    tensors, _ = read_gguf(path)
+    if not is_ldm_unet(tensors):
+        return tensors
+    names = unet_ldm_to_diffusers(tensors)  # checked one-to-one
+    return {names[name]: dataclasses.replace(t, name=names[name]) for name, t in tensors.items()}
+
+
 def _to_torch(tensor: GGUFTensor) -> torch.Tensor:
     """A writable copy of the stored data (the reader's arrays are read-only views of the file)."""
     return torch.from_numpy(np.array(tensor.data))
@@ -77,12 +88,13 @@ def load_gguf_unet(
 
     Quantized Linear/Conv2d weights stay packed on `device` inside GGUFLinear/GGUFConv2d and
     are decoded in each forward; every other tensor becomes an ordinary parameter in
-    `compute_dtype`. Raises UserError if the file's tensors do not match the model (missing,
+    `compute_dtype`. The file's names may be LDM's (with or without `model.diffusion_model.`) or
+    diffusers'. Raises UserError if the file's tensors do not match the model (missing,
     unexpected, wrong shape), listing the first few of each.
     """
     path = Path(path)
     unet_config = load_unet_config(config)
-    tensors, _ = read_gguf(path)
+    tensors = read_unet_tensors(path)
     with init_empty_weights():
         model = UNet2DConditionModel.from_config(unet_config)
     check_tensors_match(path, tensors, model)

@@ -331,13 +331,19 @@ def fused_unet_state_dict(base_dir: str | os.PathLike, lora_dir: str | os.PathLi
     Loads the whole pipeline because diffusers' `load_lora_weights` lives on the pipeline; after
     `fuse_lora` + `unload_lora_weights` the keys are the plain UNet's again (what the GGUF holds).
     """
+    pipe = load_fused_pipeline(base_dir, lora_dir)
+    state = {k: v.detach().contiguous() for k, v in pipe.unet.state_dict().items()}
+    del pipe
+    return state
+
+
+def load_fused_pipeline(base_dir: str | os.PathLike, lora_dir: str | os.PathLike | None = None) -> Any:
+    """The base pipeline in fp32 on the CPU with the LoRA (if any) merged into the UNet weights."""
     with _quiet_loading():
         pipe = _load_sd_pipeline(Path(base_dir), torch.float32)
         if lora_dir is not None:
             _fuse_lora(pipe, Path(lora_dir))
-    state = {k: v.detach().contiguous() for k, v in pipe.unet.state_dict().items()}
-    del pipe
-    return state
+    return pipe
 
 
 def quantize_pipeline(
@@ -350,9 +356,11 @@ def quantize_pipeline(
     metadata: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    key_format: str = "ldm",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write `out_dir/` = unet.gguf (LoRA fused, `policy`) + text_encoder/ (8-bit, or an fp16 copy
-    when `text_encoder_8bit` is false) + manifest.json, atomically as one folder.
+    """Write `out_dir/` = unet.gguf (LoRA fused, `policy`, tensor names per `key_format`: "ldm" or
+    "diffusers") + text_encoder/ (8-bit, or an fp16 copy when `text_encoder_8bit` is false) +
+    manifest.json, atomically as one folder.
 
     `device` is where bitsandbytes quantizes the text encoder (default: cuda if available).
     Returns (metrics, manifest): metrics are the flat numbers of `metrics/quantize.json`.
@@ -370,7 +378,9 @@ def quantize_pipeline(
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         state = fused_unet_state_dict(base_dir, lora_dir)
-        report = write_unet_gguf(tmp / GGUF_NAME, state, policy=policy, metadata=metadata or {}, progress=progress)
+        report = write_unet_gguf(
+            tmp / GGUF_NAME, state, policy=policy, metadata=metadata or {}, key_format=key_format, progress=progress
+        )
         del state
         unet_seconds = time.perf_counter() - start
 

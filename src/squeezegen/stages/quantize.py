@@ -50,6 +50,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             policy=policy,
             lora_dir=LORA_DIR,
             text_encoder_8bit=cfg.quantize.text_encoder_8bit,
+            key_format=cfg.quantize.key_format,
             metadata={
                 "base_model": cfg.sd.base,
                 "lora_sha256": sha256_file(LORA_FILE),
