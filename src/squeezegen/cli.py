@@ -163,6 +163,28 @@ def inspect(
     typer.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
 
 
+@app.command()
+@_friendly
+def export(
+    out: Path = typer.Argument(..., help="the .gguf file to write"),
+    fmt: str = typer.Option("sdcpp", "--format", help="sdcpp (UNet + CLIP + VAE for stable-diffusion.cpp) | comfy (UNet for ComfyUI-GGUF)"),
+    base: Path = typer.Option(Path("models/base"), "--base", help="diffusers pipeline folder (sdcpp)"),
+    lora: Path = typer.Option(Path("models/lora"), "--lora", help="LoRA folder fused into the UNet (sdcpp)"),
+    no_lora: bool = typer.Option(False, "--no-lora", help="export the base weights without the LoRA (sdcpp)"),
+    quantized: Path = typer.Option(Path("models/quantized"), "--quantized", help="folder from the quantize stage (comfy)"),
+) -> None:
+    """Write one GGUF file that another tool loads: stable-diffusion.cpp (sdcpp) or ComfyUI-GGUF (comfy)."""
+    from squeezegen.export import FORMATS, export_comfy, export_sdcpp
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt == "sdcpp":
+        summary = export_sdcpp(out, base_dir=base, lora_dir=None if no_lora else lora)
+    else:
+        summary = export_comfy(out, quant_dir=quantized)
+    typer.echo(json.dumps(summary, indent=2))
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
