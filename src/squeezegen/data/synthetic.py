@@ -1,8 +1,10 @@
 """A synthetic LAPIS-shaped art set: offline, seeded, byte-for-byte reproducible.
 
 Every image is a genre composition (synthetic_compose) painted in a style (synthetic_brush,
-synthetic_styles), so both style and genre are visible; scores come from simulated raters whose
-mean depends mildly on style and genre. Writes the raw layout described in `raw.py`.
+synthetic_styles), so both style and genre are visible, with its own quality factors
+(synthetic_quality: palette harmony, balance, clutter, contrast) that change how it looks. Scores
+come from simulated raters whose mean depends mildly on style and genre and strongly on those
+visible factors. Writes the raw layout described in `raw.py`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from squeezegen.data.images import png_encode
 from squeezegen.data.raw import IMAGES_DIR, make_record, raw_output, write_records_and_manifest
 from squeezegen.data.synthetic_brush import paint
 from squeezegen.data.synthetic_compose import COMPOSERS
+from squeezegen.data.synthetic_quality import (
+    NEUTRAL, TASTE_SD, Quality, clash_palette, draw_quality, quality_score_offset, unbalance,
+)
 from squeezegen.data.synthetic_styles import GENRE_SCORE_OFFSET, STYLE_LOOKS, palette_array
 from squeezegen.errors import UserError
 
@@ -28,23 +33,39 @@ MIN_RENDER_SIZE = 128
 RATER_SD = 18.0  # spread of one simulated rating around the image's mean (0-100 scale)
 
 
-def render_painting(style: str, genre: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One synthetic painting, uint8 (size, size, 3); the same rng state gives the same pixels."""
+def render_painting(
+    style: str, genre: str, size: int, rng: np.random.Generator, *, quality: Quality = NEUTRAL
+) -> np.ndarray:
+    """One synthetic painting, uint8 (size, size, 3); the same rng state and quality give the same pixels.
+
+    The quality effects draw from their own generator (seeded from `rng` first thing), so two
+    renderings that differ only in `quality` share everything else: the layout, the brushwork.
+    """
     look = STYLE_LOOKS[style]
     render = max(size, MIN_RENDER_SIZE)
+    effects_rng = np.random.default_rng(rng.integers(0, 2**63))
     palette = np.clip(palette_array(look) * (1 + rng.normal(0, 0.05, (6, 3))), 0, 1).astype(np.float32)  # (6, 3)
+    palette = clash_palette(palette, quality.harmony)
     base = COMPOSERS[genre](render, palette, rng)  # (R, R, 3)
-    painted = paint(base, look, palette, rng)  # (R, R, 3) in [0, 1]
+    base = unbalance(base, quality.balance, effects_rng)
+    painted = paint(base, look, palette, rng, quality=quality, marks_rng=effects_rng)  # (R, R, 3) in [0, 1]
     image = Image.fromarray((painted * 255 + 0.5).astype(np.uint8))
     if render != size:
         image = image.resize((size, size), Image.Resampling.LANCZOS)
     return np.asarray(image)
 
 
-def simulate_ratings(style: str, genre: str, rng: np.random.Generator) -> tuple[float, int]:
-    """(mean score 0-100, number of raters 20-28) from simulated raters around a style/genre mean."""
+def simulate_ratings(
+    style: str, genre: str, rng: np.random.Generator, *, quality: Quality = NEUTRAL
+) -> tuple[float, int]:
+    """(mean score 0-100, number of raters 20-28) from simulated raters.
+
+    The image's mean is its style's mean + its genre's offset + what its visible quality factors
+    are worth + a little invisible taste; each rater adds RATER_SD of noise around it.
+    """
     n_ratings = int(rng.integers(20, 29))
-    image_mean = STYLE_LOOKS[style].mean_score + GENRE_SCORE_OFFSET[genre] + rng.normal(0, 6)
+    taste = rng.normal(0, TASTE_SD)
+    image_mean = STYLE_LOOKS[style].mean_score + GENRE_SCORE_OFFSET[genre] + quality_score_offset(quality) + taste
     ratings = np.clip(np.round(rng.normal(image_mean, RATER_SD, n_ratings)), 0, 100)
     return round(float(ratings.mean()), 4), n_ratings
 
@@ -74,10 +95,11 @@ def generate_synthetic(out_dir: str | Path, *, num_images: int, image_size: int,
     with raw_output(out_dir) as tmp:
         for index, (style, genre) in enumerate(tqdm(plan, desc="synthetic images", unit="img")):
             image_id = f"syn{index:06d}"
-            pixels = render_painting(style, genre, image_size, np.random.default_rng([seed, index]))
+            quality = draw_quality(np.random.default_rng([seed, index, 2]))
+            pixels = render_painting(style, genre, image_size, np.random.default_rng([seed, index]), quality=quality)
             rel = f"{IMAGES_DIR}/{image_id}.png"
             (tmp / rel).write_bytes(png_encode(Image.fromarray(pixels)))
-            score, n_ratings = simulate_ratings(style, genre, np.random.default_rng([seed, index, 1]))
+            score, n_ratings = simulate_ratings(style, genre, np.random.default_rng([seed, index, 1]), quality=quality)
             records.append(make_record(image_id, rel, style=style, genre=genre, score=score, n_ratings=n_ratings))
         manifest = write_records_and_manifest(
             tmp,

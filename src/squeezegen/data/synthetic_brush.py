@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from squeezegen.data.synthetic_compose import DARK, LIGHT, mix, rgb, to_array, to_image
+from squeezegen.data.synthetic_quality import NEUTRAL, Quality, add_clutter, wash_out
 from squeezegen.data.synthetic_styles import StyleLook
 
 
@@ -219,12 +220,25 @@ def finish(image: np.ndarray, look: StyleLook, rng: np.random.Generator) -> np.n
     return np.clip(image + weave[..., None], 0, 1)
 
 
-def paint(base: np.ndarray, look: StyleLook, pal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Composition (S, S, 3) → painting (S, S, 3), both float in [0, 1]."""
+def paint(
+    base: np.ndarray,
+    look: StyleLook,
+    pal: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    quality: Quality = NEUTRAL,
+    marks_rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Composition (S, S, 3) → painting (S, S, 3), both float in [0, 1].
+
+    `quality` adds the clutter marks (after the brushwork, so no brush averages them away; drawn
+    from `marks_rng`, so they never shift `rng`'s draws) and the tonal contrast (last).
+    """
     textured = np.clip(add_texture(base, rng), 0, 1)
     out = BRUSHES[look.brush](textured, look, pal, rng)
     if look.outline and look.brush in ("strokes", "smooth"):  # contour lines around the forms
         edges = contour_mask(blur(base, base.shape[0] * 0.006))
         out = np.where(edges[..., None], mix(out, pal[DARK], look.outline * 0.8), out)
     out = add_extra(np.clip(out, 0, 1), look, pal, rng)
-    return finish(out, look, rng)
+    out = add_clutter(out, quality.clutter, pal, marks_rng if marks_rng is not None else np.random.default_rng(0))
+    return wash_out(finish(out, look, rng), quality.contrast)

@@ -1,0 +1,140 @@
+"""What the synthetic raters like, and how it shows: per-image quality factors.
+
+Every synthetic image draws four factors, each uniform in [-1, 1] (+1 is what raters prefer):
+
+- `harmony`  — palette harmony: low harmony turns the accent colours towards garish, clashing hues;
+- `balance`  — compositional balance: low balance tilts the composition and pushes it off centre;
+- `clutter`  — high clutter scatters small stray marks over the finished painting (a minus for raters);
+- `contrast` — tonal contrast: low contrast washes the painting out towards its mean grey.
+
+Each factor visibly changes the pixels and moves the mean score by `SCORE_WEIGHTS` points per
+unit, so the score can be read from the image (within a style, not only across styles). The
+factors have mean zero, so every style's and genre's mean score stays what `synthetic_styles`
+says; the raters' own noise (`synthetic.RATER_SD`) is unchanged.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from squeezegen.data.synthetic_compose import DARK, rgb
+
+# Score points per unit of each factor (a factor spans [-1, 1], so each moves the score by up to ±weight).
+# Sized so that the visible part of the score (std ≈ 10 points) dominates the invisible taste and the
+# rater noise; the factors a small CNN reads most easily (contrast, clutter: whole-image statistics)
+# weigh most, the subtler ones (accent hues, tilt) less.
+SCORE_WEIGHTS: dict[str, float] = {"harmony": 6.0, "balance": 5.0, "clutter": -11.0, "contrast": 11.0}
+TASTE_SD = 3.0  # the part of an image's mean score no pixel shows (each rater pool's own taste)
+MAX_TILT_DEG = 16.0  # balance -1: the composition is tilted by this much…
+MAX_SHIFT = 0.14  # …and shifted off centre by this fraction of the side
+MAX_MARKS = 70  # clutter +1: this many stray marks
+MIN_CONTRAST, MAX_CONTRAST = 0.4, 1.1  # contrast -1 / +1 keep this fraction of the deviations from the mean
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quality:
+    """One image's quality factors, each in [-1, 1]; +1 is what the raters prefer (see module doc)."""
+
+    harmony: float = 0.0
+    balance: float = 0.0
+    clutter: float = 0.0
+    contrast: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(float(v), 6) for k, v in asdict(self).items()}
+
+
+NEUTRAL = Quality()
+
+
+def draw_quality(rng: np.random.Generator) -> Quality:
+    """Four independent factors, uniform in [-1, 1] (mean zero, so style and genre means are kept)."""
+    h, b, c, k = rng.uniform(-1.0, 1.0, 4).tolist()
+    return Quality(harmony=h, balance=b, clutter=c, contrast=k)
+
+
+def quality_score_offset(quality: Quality) -> float:
+    """How much the factors move the image's mean score (points on the 0-100 scale)."""
+    return float(sum(weight * getattr(quality, name) for name, weight in SCORE_WEIGHTS.items()))
+
+
+# ------------------------------------------------------------------------------------ looks
+
+
+def clash_palette(palette: np.ndarray, harmony: float) -> np.ndarray:
+    """The palette (6, 3) with its accents (4, 5) and mid tone (2) rotated towards clashing hues.
+
+    harmony +1 leaves it alone; at -1 the accents turn by up to 150° (towards the complement of
+    the palette) and are pushed to full saturation, the mid tone by half as much.
+    """
+    disharmony = (1.0 - harmony) / 2.0  # 0 (harmonious) … 1 (clashing)
+    out = palette.copy()
+    for index, share in ((4, 1.0), (5, 1.0), (2, 0.5)):
+        h, s, v = colorsys.rgb_to_hsv(*out[index].tolist())
+        h = (h + share * disharmony * 150.0 / 360.0) % 1.0
+        s = s + share * disharmony * (1.0 - s) * 0.8
+        v = max(v, 0.35 + 0.5 * share * disharmony)
+        out[index] = colorsys.hsv_to_rgb(h, s, min(v, 1.0))
+    return out.astype(np.float32)
+
+
+def unbalance(base: np.ndarray, balance: float, rng: np.random.Generator) -> np.ndarray:
+    """Tilt the composition (S, S, 3) and shift it off centre, more as balance falls; +1 leaves it.
+
+    The canvas is reflect-padded first, so the edges show mirrored content (no empty wedges).
+    Draws the same number of random numbers whatever `balance` is.
+    """
+    s = base.shape[0]
+    amount = (1.0 - balance) / 2.0  # 0 … 1
+    sign, direction = (1.0 if rng.random() < 0.5 else -1.0), rng.uniform(0.0, 2.0 * np.pi)
+    if amount < 1e-3:
+        return base
+    pad = s // 2
+    padded = np.pad(base, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")  # (S + 2·pad, S + 2·pad, 3)
+    image = Image.fromarray((np.clip(padded, 0, 1) * 255 + 0.5).astype(np.uint8))
+    image = image.rotate(sign * amount * MAX_TILT_DEG, resample=Image.Resampling.BILINEAR)
+    dx, dy = (amount * MAX_SHIFT * s * np.array([np.cos(direction), np.sin(direction)])).round().astype(int).tolist()
+    left, top = pad - dx, pad - dy  # the view moves against the content: content slides by (dx, dy)
+    crop = image.crop((left, top, left + s, top + s))
+    return np.asarray(crop, np.float32) / 255.0
+
+
+def add_clutter(image: np.ndarray, clutter: float, palette: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scatter stray marks (ticks, blobs, scribbles) in palette colours over the painting (S, S, 3).
+
+    Their number grows from 0 (clutter -1) to MAX_MARKS (clutter +1). Random positions come
+    from `rng` in a fixed amount per call, so clutter changes the marks, not the rest of the image.
+    """
+    s = image.shape[0]
+    n = int(round(((clutter + 1.0) / 2.0) ** 1.3 * MAX_MARKS))
+    xy = rng.uniform(0, s, (MAX_MARKS, 4))  # (MAX_MARKS, 4): a start and an end point per mark
+    kinds = rng.integers(0, 3, MAX_MARKS)
+    colours = rng.integers(0, 6, MAX_MARKS)
+    sizes = rng.uniform(0.015, 0.05, MAX_MARKS) * s
+    if n == 0:
+        return image
+    pil = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    width = max(1, s // 64)
+    for (x0, y0, x1, y1), kind, colour, r in zip(xy[:n].tolist(), kinds[:n].tolist(), colours[:n].tolist(), sizes[:n].tolist()):
+        fill = rgb(palette[colour] if colour != 3 else palette[DARK])
+        if kind == 0:  # a short tick
+            ex, ey = x0 + (x1 - x0) * 0.12, y0 + (y1 - y0) * 0.12
+            draw.line((x0, y0, ex, ey), fill=fill, width=width)
+        elif kind == 1:  # a blob
+            draw.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), fill=fill)
+        else:  # a zig-zag scribble
+            pts = [(x0 + i * r, y0 + (r if i % 2 else -r)) for i in range(4)]
+            draw.line(pts, fill=fill, width=width)
+    return np.asarray(pil, np.float32) / 255.0
+
+
+def wash_out(image: np.ndarray, contrast: float) -> np.ndarray:
+    """Scale the deviations from the image's mean colour: ×MIN_CONTRAST at -1 up to ×MAX_CONTRAST at +1."""
+    factor = MIN_CONTRAST + (MAX_CONTRAST - MIN_CONTRAST) * (contrast + 1.0) / 2.0
+    mean = image.mean(axis=(0, 1), keepdims=True)  # (1, 1, 3)
+    return np.clip(mean + (image - mean) * factor, 0.0, 1.0)
