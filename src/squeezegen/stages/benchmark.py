@@ -31,6 +31,12 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     device = default_device()
     lpips_pretrained = cfg.refiner.lpips_pretrained  # the profile's LPIPS rule (random backbone offline)
     lpips_name = lpips_metric_name(lpips_pretrained)
+    # Everything the stage needs before the first configuration runs (minutes each at full scale).
+    if b.arch != "sd15":
+        for folder, stage in [(BASE_DIR, "fetch_base"), (LORA_DIR, "finetune_lora"), (QUANT_DIR, "quantize")]:
+            if not folder.is_dir():
+                raise UserError(f"{folder}: not found; run `dvc repro {stage}` first")
+    lpips_net = load_lpips(lpips_pretrained, "cpu")
     with stage_run("benchmark", cfg) as run:
         extra: dict = {"lpips_metric": lpips_name}
         with tempfile.TemporaryDirectory(prefix="sd15_") as scratch:
@@ -43,9 +49,6 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
                 )
                 lora_dir = None
             else:
-                for folder, stage in [(BASE_DIR, "fetch_base"), (LORA_DIR, "finetune_lora"), (QUANT_DIR, "quantize")]:
-                    if not folder.is_dir():
-                        raise UserError(f"{folder}: not found; run `dvc repro {stage}` first")
                 base_dir, lora_dir, quant_dir = BASE_DIR, LORA_DIR, QUANT_DIR
             job = bench.BenchmarkJob(
                 base_dir=str(base_dir),
@@ -62,7 +65,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             results = bench.run_configs(b.configs, job)
 
         images = {name: result["images"] for name, result in results.items()}
-        drift = bench.image_drift(images, lpips_net=load_lpips(lpips_pretrained, "cpu"), lpips_name=lpips_name)
+        drift = bench.image_drift(images, lpips_net=lpips_net, lpips_name=lpips_name)
         summary = bench.summarize(results, drift, arch=b.arch, job=job, extra=extra)
         with atomic_path(REPORT_DIR) as tmp:
             tmp.mkdir(parents=True)
