@@ -49,7 +49,7 @@ _PERF_NAME = re.compile(r"seconds|per_s$|_per_s_|(^|_)rss(_|$)|throughput|speed"
 # Memory peaks that are a CPU process's RSS (machine-dependent) but CUDA's exact allocated bytes.
 PEAK_MEMORY_KEYS = frozenset({
     "peak_bytes", "load_peak_bytes", "peak_mem_bytes", "peak_mem_ratio",
-    "peak_mem_bytes_fp16", "peak_mem_bytes_compressed",
+    "peak_mem_bytes_fp16", "peak_mem_bytes_compressed", "peak_mem_bytes_train", "peak_mem_bytes_samples",
 })
 
 

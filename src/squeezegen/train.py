@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from squeezegen.checkpointing import (
     STATE_FILE, cleanup_checkpoints, find_resume_point, frozen_names, register_weight_hooks, save_checkpoint,
 )
 from squeezegen.errors import UserError
+from squeezegen.memory import measure_peak
 
 __all__ = ["LoopSettings", "TrainResult", "EpochPermutationSampler", "make_accelerator", "train", "cleanup_checkpoints"]
 
@@ -91,7 +91,7 @@ class TrainResult:
     model: nn.Module  # the trained model, unwrapped from DDP/autocast wrappers
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per optimizer step
     steps_per_s: float = 0.0  # optimizer steps per second run in this process (checkpoint saving excluded)
-    peak_mem_bytes: int = 0  # CUDA: max_memory_allocated; CPU: peak RSS of this process
+    peak_mem_bytes: int = 0  # over the training loop: CUDA max_memory_allocated; CPU: peak RSS of this process
     resumed_from_step: int = 0  # step of the checkpoint this run continued from (0 = fresh start)
     seconds: float = 0.0  # wall time of the whole `train` call
 
@@ -204,8 +204,6 @@ def train(
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise UserError(f"{desc}: the training dataset is empty; check the processed data")
     checkpoint_dir = Path(checkpoint_dir)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
 
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     if not trainable:
@@ -233,6 +231,9 @@ def train(
         num_warmup_steps=settings.warmup_steps * accelerator.num_processes,
         num_training_steps=settings.max_steps * accelerator.num_processes,
     )
+    # The training window's peak (a stage's later phases are measured apart: memory.stage_peak_bytes).
+    peak_window = measure_peak(accelerator.device)
+    peak = peak_window.__enter__()
     prepared, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     hooks = register_weight_hooks(accelerator, prepared, frozen)
     try:
@@ -306,13 +307,14 @@ def train(
     finally:
         for handle in hooks:
             handle.remove()
+        peak_window.__exit__(None, None, None)
 
     steps_run = step - resumed_from
     return TrainResult(
         model=accelerator.unwrap_model(prepared),
         history=history,
         steps_per_s=steps_run / loop_seconds if steps_run and loop_seconds > 0 else 0.0,
-        peak_mem_bytes=_peak_memory_bytes(),
+        peak_mem_bytes=peak.peak_bytes,
         resumed_from_step=resumed_from,
         seconds=time.perf_counter() - started,
     )
@@ -352,9 +354,3 @@ def _run_fingerprint(fingerprint: str, settings: LoopSettings, num_processes: in
         knobs.pop(irrelevant)
     blob = json.dumps({"caller": fingerprint, "loop": knobs, "num_processes": num_processes}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _peak_memory_bytes() -> int:
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB

@@ -187,6 +187,39 @@ def train_lora(
     return LoraResult(adapter_path=adapter_path, trainable_params=trainable, total_params=total, train=result)
 
 
+def estimate_training_bytes(base_dir: str | os.PathLike, settings: LoraSettings, device: str | torch.device) -> int:
+    """What `train_lora` will hold at its worst, estimated in about a second without loading a weight.
+
+    Frozen weights at the training dtype (UNet, VAE, CLIP: element counts from the configs), the
+    LoRA weights with their fp32 gradients and AdamW moments, and the activations autograd keeps
+    per sample (the UNet run on the meta device at `settings.resolution`) times the batch. With
+    gradient checkpointing the activations are mostly recomputed, so they count a quarter.
+    """
+    from squeezegen.memory import activation_bytes_per_sample
+
+    base = Path(base_dir)
+    half = torch.device(device).type == "cuda" and settings.mixed_precision in ("fp16", "bf16")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base, subfolder="unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(base, subfolder="vae"))
+        text_encoder = CLIPTextModel(CLIPTextModel.config_class.from_pretrained(base, subfolder="text_encoder"))
+    frozen = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.target_modules)))
+    trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+    latent = settings.resolution // 8
+    width = text_encoder.config.hidden_size
+
+    def forward(batch: int) -> None:
+        unet(torch.empty(batch, unet.config.in_channels, latent, latent, device="meta"),
+             torch.zeros(batch, dtype=torch.long, device="meta"), torch.empty(batch, 77, width, device="meta"))
+
+    per_sample = activation_bytes_per_sample(forward) * (0.5 if half else 1.0)  # meta runs in fp32
+    if settings.gradient_checkpointing:
+        per_sample /= 4
+    return int(frozen * (2 if half else 4) + trainable * 16 + per_sample * settings.batch_size)
+
+
 def save_adapter(unet: UNet2DConditionModel, out_dir: str | os.PathLike) -> Path:
     """Write only the LoRA weights, diffusers-format, to `out_dir/pytorch_lora_weights.safetensors` atomically."""
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))

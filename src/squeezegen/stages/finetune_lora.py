@@ -26,8 +26,9 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
 
     from squeezegen.errors import UserError
     from squeezegen.files import atomic_path, atomic_write_text
+    from squeezegen.memory import check_memory, free_memory, measure_peak, reset_stage_peak, stage_peak_bytes
     from squeezegen.sd.generate import before_after_grid, sample_prompts
-    from squeezegen.sd.lora import LoraSettings, lora_fingerprint, train_lora
+    from squeezegen.sd.lora import LoraSettings, estimate_training_bytes, lora_fingerprint, train_lora
     from squeezegen.train import cleanup_checkpoints, make_accelerator
 
     cfg = load_config(params, profile=profile)
@@ -44,9 +45,15 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         mixed_precision="no" if lora.mixed_precision == "fp32" else lora.mixed_precision, gradient_checkpointing=lora.gradient_checkpointing,
         use_8bit_adam=lora.use_8bit_adam, num_workers=lora.num_workers, prompt_template=cfg.sd.prompt_template,
     )
+    accelerator = make_accelerator(settings.loop_settings())
+    profile_key = f"profiles.{cfg.profile}"
+    check_memory(  # before hours of training: say which knob to lower rather than be killed
+        estimate_training_bytes(BASE_DIR, settings, accelerator.device), accelerator.device, what="finetune_lora",
+        knobs=[f"{profile_key}.lora.batch_size", f"{profile_key}.data.sd_size", "lora.gradient_checkpointing: true (GPU)"],
+    )
+    reset_stage_peak(accelerator.device)
     with stage_run("finetune_lora", cfg) as run:
         train_split = datasets.load_from_disk(str(PROCESSED_DIR))["train"]
-        accelerator = make_accelerator(settings.loop_settings())
         fingerprint = lora_fingerprint(
             settings=settings, base_dir=BASE_DIR, data_files=[f["filename"] for f in train_split.cache_files]
         )
@@ -60,10 +67,16 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         rows = [f"{h['step']},{h['loss']:.6g}" for h in history]
         atomic_write_text(LOSS_CSV, "step,loss\n" + "\n".join(rows) + "\n")
 
-        grid = before_after_grid(
-            BASE_DIR, LORA_DIR, sample_prompts(lora.sample_prompts, cfg.sd.prompt_template), seed=cfg.seed,
-            steps=cfg.sd.infer_steps, size=cfg.data.sd_size, device=str(accelerator.device),
-        )
+        # The grid loads its own pipeline from the saved files: drop the trained UNet, its optimizer
+        # state and the frozen VAE / CLIP first, or two full models are resident at once.
+        result.train.model = None
+        accelerator.free_memory()
+        free_memory(accelerator.device)
+        with measure_peak(accelerator.device) as sample_peak:
+            grid = before_after_grid(
+                BASE_DIR, LORA_DIR, sample_prompts(lora.sample_prompts, cfg.sd.prompt_template), seed=cfg.seed,
+                steps=cfg.sd.infer_steps, size=cfg.data.sd_size, device=str(accelerator.device),
+            )
         with atomic_path(SAMPLES) as tmp:
             grid.save(tmp, format="PNG")
         run.log_artifact(SAMPLES, "pictures")
@@ -73,7 +86,9 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             "final_loss": history[-1]["loss"],
             "steps": len(history),
             "steps_per_s": round(result.train.steps_per_s, 4),
-            "peak_mem_bytes": result.train.peak_mem_bytes,
+            "peak_mem_bytes": stage_peak_bytes(accelerator.device),  # the whole stage: what it needs to run
+            "peak_mem_bytes_train": result.train.peak_mem_bytes,
+            "peak_mem_bytes_samples": sample_peak.peak_bytes,
             "seconds": round(result.train.seconds, 2),
             "resumed_from_step": result.train.resumed_from_step,
         }

@@ -22,8 +22,39 @@ PICTURE = Path("reports/refiner/progressive.png")
 EVAL_BATCH = 64  # images per batch when reconstructing and evaluating
 
 
+def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
+    """Bytes train_refiner will hold on `device` at its worst, estimated without training: weights
+    with their gradients and AdamW moments, LPIPS, one batch's activations (the model run on the
+    meta device: no memory, no arithmetic) and, on a CPU, every image and its reconstruction."""
+    import copy
+
+    import torch
+
+    from squeezegen.memory import activation_bytes_per_sample
+    from squeezegen.rq.refiner import Refiner
+    from squeezegen.rq.train import make_refiner_loss
+
+    ref, size = cfg.refiner, cfg.data.rq_size
+    with torch.device("meta"):
+        model = Refiner.build(channels=ref.channels, image_size=size).train()
+    meta_lpips = copy.deepcopy(lpips_net).to("meta") if ref.lpips_weight > 0 else None
+    loss_fn = make_refiner_loss(lpips_weight=ref.lpips_weight, lpips_net=meta_lpips)
+
+    def forward(batch: int) -> None:
+        recon = torch.empty(batch, 3, size, size, dtype=torch.float16, device="meta")
+        loss_fn(model, (recon, torch.empty(batch, 3, size, size, dtype=torch.uint8, device="meta")), 0)
+
+    weights = sum(p.numel() for p in model.parameters()) * 16 + sum(p.numel() * 4 for p in lpips_net.parameters())
+    data = n_images * 3 * size * size * 3 if device.type == "cpu" else 0  # uint8 images + float16 recons, in host RAM
+    return weights + data + activation_bytes_per_sample(forward) * ref.batch_size
+
+
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
+    import datasets
+
+    from squeezegen.errors import UserError
     from squeezegen.files import sha256_file
+    from squeezegen.memory import check_memory, reset_stage_peak, stage_peak_bytes
     from squeezegen.metrics import load_lpips
     from squeezegen.rq.evaluation import evaluate_refiner, progressive_rows
     from squeezegen.rq.model import WEIGHTS_FILE, count_parameters, load_rqvae
@@ -37,13 +68,23 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
 
     cfg = load_config(params, profile=profile)
     ref = cfg.refiner
+    # Everything the stage needs, checked before the first slow step.
+    for folder, file, stage in [(PROCESSED_DIR, "dataset_dict.json", "preprocess"), (RQVAE_DIR, WEIGHTS_FILE, "train_rqvae")]:
+        if not (folder / file).is_file():
+            raise UserError(f"{folder / file}: not found; run `dvc repro {stage}` first")
+    accelerator = make_accelerator(refiner_settings(ref, seed=cfg.seed))
+    device = accelerator.device
+    lpips_net = load_lpips(ref.lpips_pretrained, device)
+    n_images = sum(datasets.load_from_disk(str(PROCESSED_DIR)).num_rows.values())
+    check_memory(training_memory_need(cfg, lpips_net, n_images, device), device, what="train_refiner", knobs=[
+        f"profiles.{cfg.profile}.refiner.batch_size", f"profiles.{cfg.profile}.refiner.channels",
+        f"profiles.{cfg.profile}.data.max_images",
+    ])
+    reset_stage_peak(device)
     with stage_run("train_refiner", cfg) as run:
         train_images = load_image_tensors(PROCESSED_DIR, "train")  # (N, 3, H, W) uint8
         val_images = load_image_tensors(PROCESSED_DIR, "val")
-        accelerator = make_accelerator(refiner_settings(ref, seed=cfg.seed))
-        device = accelerator.device
         rqvae = load_rqvae(RQVAE_DIR, device).requires_grad_(False)
-        lpips_net = load_lpips(ref.lpips_pretrained, device)
         recon = reconstruct_batches(rqvae, train_images, batch_size=EVAL_BATCH, device=device)  # (N, 3, H, W) fp16
         result = train_refiner(
             cfg=ref,
@@ -75,7 +116,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             final_loss=result.history[-1]["loss"],
             train_seconds=round(result.seconds, 2),
             steps_per_s=round(result.steps_per_s, 3),
-            peak_mem_bytes=result.peak_mem_bytes,
+            peak_mem_bytes_train=result.peak_mem_bytes,
         )
         write_history_csv(LOSS_CSV, result.history, ["step", "loss", "l1", "lpips", "lr"])
 
@@ -83,6 +124,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         by_levels, refined = progressive_rows(rqvae, shown, refiner=refiner, device=device)
         render_progressive(PICTURE, shown.cpu(), by_levels, refined, title=f"RQ-VAE levels + refiner ({metrics['params'] / 1e6:.2f} M params)")
         run.log_artifact(PICTURE, "pictures")
+        metrics["peak_mem_bytes"] = stage_peak_bytes(device)  # the whole stage, evaluation and picture included
         run.write_metrics("refiner", metrics, machine_dependent=memory_perf_keys(accelerator.device.type))
         cleanup_checkpoints(CHECKPOINT_DIR)
     print(

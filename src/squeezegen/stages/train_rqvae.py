@@ -22,8 +22,40 @@ PICTURE = Path("reports/rq/progressive.png")
 EVAL_BATCH = 64  # val images per evaluation batch
 
 
+def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
+    """Bytes train_rqvae will hold on `device` at its worst, estimated without training: weights
+    with their gradients and AdamW moments, one batch's activations (encoder and decoder run on
+    the meta device; the quantizer's share at the coarse grid is small) and, on a CPU, every image."""
+    import copy
+
+    import torch
+
+    from squeezegen.memory import activation_bytes_per_sample
+    from squeezegen.metrics import lpips_distance
+    from squeezegen.rq.train import build_rqvae
+
+    rq, size = cfg.rqvae, cfg.data.rq_size
+    with torch.device("meta"):
+        model = build_rqvae(rq).train()
+    meta_lpips = copy.deepcopy(lpips_net).to("meta") if rq.lpips_weight > 0 else None
+
+    def forward(batch: int) -> None:
+        x = torch.empty(batch, 3, size, size, device="meta")
+        recon = model.decoder(model.encoder(x))
+        if meta_lpips is not None:
+            lpips_distance(meta_lpips, recon, x)
+
+    weights = sum(p.numel() for p in model.parameters()) * 16 + sum(p.numel() * 4 for p in lpips_net.parameters())
+    data = n_images * 3 * size * size if device.type == "cpu" else 0  # the uint8 images stay in host RAM
+    return weights + data + activation_bytes_per_sample(forward) * rq.batch_size
+
+
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
+    import datasets
+
+    from squeezegen.errors import UserError
     from squeezegen.files import atomic_write_text
+    from squeezegen.memory import check_memory, reset_stage_peak, stage_peak_bytes
     from squeezegen.metrics import load_lpips, lpips_metric_name
     from squeezegen.rq.evaluation import evaluate_rqvae, progressive_rows
     from squeezegen.rq.model import count_parameters, save_rqvae
@@ -37,12 +69,21 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     rq = cfg.rqvae
     # The RQ branch follows one LPIPS rule: the refiner's (pretrained backbone, or the offline stand-in).
     lpips_pretrained = cfg.refiner.lpips_pretrained
+    # Everything the stage needs, checked before the first slow step.
+    if not (PROCESSED_DIR / "dataset_dict.json").is_file():
+        raise UserError(f"{PROCESSED_DIR}: no processed dataset; run `dvc repro preprocess` first")
+    accelerator = make_accelerator(rqvae_settings(rq, seed=cfg.seed))
+    device = accelerator.device
+    lpips_net = load_lpips(lpips_pretrained, device)
+    n_images = sum(datasets.load_from_disk(str(PROCESSED_DIR)).num_rows.values())
+    check_memory(training_memory_need(cfg, lpips_net, n_images, device), device, what="train_rqvae", knobs=[
+        f"profiles.{cfg.profile}.rqvae.batch_size", f"profiles.{cfg.profile}.rqvae.channels",
+        f"profiles.{cfg.profile}.data.max_images",
+    ])
+    reset_stage_peak(device)
     with stage_run("train_rqvae", cfg) as run:
         train_images = load_image_tensors(PROCESSED_DIR, "train")  # (N, 3, H, W) uint8
         val_images = load_image_tensors(PROCESSED_DIR, "val")
-        accelerator = make_accelerator(rqvae_settings(rq, seed=cfg.seed))
-        device = accelerator.device
-        lpips_net = load_lpips(lpips_pretrained, device)
         result = train_rqvae(
             cfg=rq,
             seed=cfg.seed,
@@ -68,7 +109,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             final_loss=result.history[-1]["loss"],
             train_seconds=round(result.seconds, 2),
             steps_per_s=round(result.steps_per_s, 3),
-            peak_mem_bytes=result.peak_mem_bytes,
+            peak_mem_bytes_train=result.peak_mem_bytes,
         )
         write_history_csv(LOSS_CSV, result.history, ["step", "loss", "recon", "commitment", "lpips", "lr"])
         rows = [f"{k},{p:.4f},{s:.4f}" for k, (p, s) in enumerate(zip(metrics["psnr_by_levels"], metrics["ssim_by_levels"]), 1)]
@@ -79,6 +120,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         title = f"RQ-VAE: {metrics['grid'][0]}×{metrics['grid'][1]} codes × {rq.levels} levels, K={rq.codebook_size}"
         render_progressive(PICTURE, shown.cpu(), by_levels, None, title=title)
         run.log_artifact(PICTURE, "pictures")
+        metrics["peak_mem_bytes"] = stage_peak_bytes(device)  # the whole stage, evaluation and picture included
         run.write_metrics("rqvae", metrics, machine_dependent=memory_perf_keys(accelerator.device.type))
         cleanup_checkpoints(CHECKPOINT_DIR)
     by_level = ", ".join(f"{v:.2f}" for v in metrics["psnr_by_levels"])
