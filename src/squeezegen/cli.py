@@ -67,6 +67,7 @@ for _stage, _summary in [
     ("benchmark", "Stage benchmark: peak memory, speed and drift per configuration → reports/benchmark/."),
     ("train_rqvae", "Stage train_rqvae: residual-quantized VAE → models/rqvae/."),
     ("train_refiner", "Stage train_refiner: detail-restoring UNet (L1 + LPIPS) → models/refiner/."),
+    ("train_judge", "Stage train_judge: style / genre / score referee CNN, real images only → models/judge/."),
     ("evaluate", "Stage evaluate: compare both branches → reports/report.md, metrics/evaluate.json."),
 ]:
     _stage_command(_stage, _summary)

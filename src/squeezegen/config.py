@@ -208,6 +208,33 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class JudgeConfig:
+    """train_judge: the style / genre / score referee (a small CNN on real images only)."""
+
+    lr: float = _range(0.0, 1.0, lo_open=True)
+    warmup_steps: int = _range(0)
+    weight_decay: float = _range(0.0)
+    max_grad_norm: float = _range(0.0, lo_open=True)
+    style_weight: float = _range(0.0)
+    genre_weight: float = _range(0.0)
+    score_weight: float = _range(0.0)
+    label_smoothing: float = _range(0.0, 1.0, hi_open=True)
+    flip: bool = True
+    shift: int = _range(0)
+    dropout: float = _range(0.0, 1.0, hi_open=True)
+    checkpoint_every: int = _range(1)
+    channels: tuple[int, ...] = ()
+    max_steps: int = _range(1)
+    batch_size: int = _range(1)
+
+    def check(self, path: str) -> None:
+        if not self.channels or min(self.channels) < 1:
+            raise ConfigError(f"{path}.channels: list one or more positive channel counts, got {list(self.channels)}")
+        if self.style_weight + self.genre_weight + self.score_weight <= 0:
+            raise ConfigError(f"{path}: style_weight, genre_weight and score_weight are all 0; give at least one a weight")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole resolved config; each stage reads its own sections."""
 
@@ -221,6 +248,7 @@ class Config:
     rqvae: RQVAEConfig = None  # type: ignore[assignment]
     refiner: RefinerConfig = None  # type: ignore[assignment]
     evaluate: EvaluateConfig = None  # type: ignore[assignment]
+    judge: JudgeConfig = None  # type: ignore[assignment]
 
     def check(self, path: str) -> None:
         if self.data.rq_size % self.rqvae.downsample:
@@ -250,6 +278,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "benchmark": ("sd", "quantize", "benchmark"),
     "train_rqvae": ("rqvae", "refiner", "evaluate"),
     "train_refiner": ("refiner", "evaluate"),
+    "train_judge": ("judge",),
     "evaluate": ("sd", "benchmark", "evaluate"),
 }
 

@@ -1,0 +1,11 @@
+"""The judge (style / genre / score referee) and what evaluate uses of it.
+
+Only the model side is imported here; training lives in `squeezegen.judge.train` so that
+evaluate's import closure does not take in the training loop.
+"""
+
+from squeezegen.judge.model import (
+    Judge, frechet_distance, judge_images, load_judge, prepare_images, save_judge,
+)
+
+__all__ = ["Judge", "frechet_distance", "judge_images", "load_judge", "prepare_images", "save_judge"]
