@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from datasets import load_from_disk
 
 from conftest import dvc, ran_stages
@@ -19,8 +20,9 @@ def test_data_stages_repro_cache_and_rerun_only_what_changed(repo_copy):
     manifest = json.loads((repo_copy / "data/raw/manifest.json").read_text())
     assert manifest["source"] == "synthetic"
     metrics = json.loads((repo_copy / "metrics/data.json").read_text())
-    assert metrics["n_in"] == 320 and metrics["n_kept"] == 320 and metrics["n_skipped"] == 0
-    assert metrics["n_train"] + metrics["n_val"] == 320 and metrics["n_val"] >= 1
+    n = yaml.safe_load((repo_copy / "params.yaml").read_text())["profiles"]["toy"]["data"]["num_images"]
+    assert metrics["n_in"] == n and metrics["n_kept"] == n and metrics["n_skipped"] == 0
+    assert metrics["n_train"] + metrics["n_val"] == n and metrics["n_val"] >= 1
     assert 0 < metrics["score_mean"] < 100 and metrics["score_std"] > 0
     ds = load_from_disk(str(repo_copy / "data/processed"))
     assert set(ds) == {"train", "val"}
