@@ -51,12 +51,12 @@ GENRE_NOUNS: dict[str, str] = {
 }
 GENRES: tuple[str, ...] = tuple(GENRE_NOUNS)
 
-def _key(text: str) -> str:
+def name_key(text: str) -> str:
     """Normalise a style name for matching: case, spaces, hyphens and repeated underscores ignored."""
     return "_".join(part for part in text.replace("-", "_").replace(" ", "_").split("_") if part).lower()
 
 
-_STYLE_BY_KEY = {_key(name): name for name in STYLES}
+_STYLE_BY_KEY = {name_key(name): name for name in STYLES}
 
 
 def style_adjective(style: str | None) -> str | None:
@@ -67,7 +67,7 @@ def style_adjective(style: str | None) -> str | None:
     """
     if style is None or not style.strip():
         return None
-    known = _STYLE_BY_KEY.get(_key(style))
+    known = _STYLE_BY_KEY.get(name_key(style))
     if known is not None:
         return STYLE_ADJECTIVES[known]
     return " ".join(style.replace("_", " ").split()).lower()

@@ -1,0 +1,241 @@
+"""The conditional prior over RQ-VAE codes: an RQ-Transformer (Lee et al. 2022) in miniature.
+
+Codes are (B, N, L): N = h·w grid positions in raster order, L residual levels each. The model
+factorises p(codes | condition) position by position, and inside a position level by level:
+
+- a **spatial** causal transformer reads the condition as prefix tokens (style, genre and a
+  sinusoidal embedding of the 0–100 aesthetic score, as SDXL conditions on an aesthetic score)
+  followed by one token per position: the sum of that position's L code embeddings. Its output
+  after position t−1 (or after the prefix, for t = 0) is the context h_t of position t;
+- a small **depth** causal transformer predicts the L codes of position t one level at a time:
+  its input at depth d is h_t plus the sum of the embeddings of the levels already chosen
+  (< d), plus a depth embedding; one classifier is shared across depths.
+
+Each condition is replaced by its learned "null" embedding with probability `cond_dropout` in
+training, so sampling can use classifier-free guidance on the logits (`squeezegen.rq.sampling`).
+
+Written by hand (no library has a residual-depth transformer; nn.TransformerEncoder has no KV
+cache): pre-LayerNorm blocks over `scaled_dot_product_attention`, with an optional KV cache for
+one-position-at-a-time sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from squeezegen.errors import UserError
+from squeezegen.files import atomic_path
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "squeezegen.prior/1"
+SCORE_FREQS = 128  # sinusoidal embedding of the score: 128 sines + 128 cosines (SDXL uses 256-d)
+
+
+@dataclass(frozen=True)
+class PriorSpec:
+    """Everything needed to rebuild a prior (saved as config.json)."""
+
+    levels: int  # L residual levels per position
+    codebook_size: int  # K codes per level
+    positions: int  # N = h·w grid positions
+    styles: tuple[str, ...]  # condition vocabularies, in index order
+    genres: tuple[str, ...]
+    width: int = 128  # d_model of the spatial transformer (and of the code embeddings)
+    heads: int = 4
+    spatial_layers: int = 4
+    depth_width: int = 64  # d_model of the depth transformer: it runs on N·L tokens, the spatial one on N
+    depth_layers: int = 1
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    grid_hw: tuple[int, int] = field(default=(0, 0))  # (h, w); (0, 0) = square
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "PriorSpec":
+        values = dict(values)
+        for key in ("styles", "genres", "grid_hw"):
+            values[key] = tuple(values[key])
+        return cls(**values)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: causal self-attention (+ optional KV cache) and an MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, T, d) → (B, T, d). With `cache`, x holds the T newest tokens; keys and values of
+        the earlier ones come from the cache, which is extended in place."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3×(B, H, T, dh)
+        if cache is not None:
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        past = k.shape[2] - t
+        if past == 0:
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        else:  # new queries see every cached key and the new keys up to themselves
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.norm2(x))
+
+
+def score_embedding(score: torch.Tensor) -> torch.Tensor:
+    """Sinusoidal features (B, 2·SCORE_FREQS) of scores (B,) on the 0–100 scale."""
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(SCORE_FREQS, device=score.device) / SCORE_FREQS)  # (F,)
+    angles = score.float()[:, None] * freqs[None]  # (B, F)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, 2F)
+
+
+class RQPrior(nn.Module):
+    """p(codes | style, genre, score) over RQ-VAE codes (B, N, L)."""
+
+    PREFIX = 3  # condition tokens: style, genre, score
+
+    def __init__(self, spec: PriorSpec):
+        super().__init__()
+        self.spec = spec
+        d, dd, levels, k = spec.width, spec.depth_width, spec.levels, spec.codebook_size
+        self.code_embed = nn.ModuleList(nn.Embedding(k, d) for _ in range(levels))  # one table per level
+        # index len(vocab) of each table is the "null" condition (dropped / unconditional)
+        self.style_embed = nn.Embedding(len(spec.styles) + 1, d)
+        self.genre_embed = nn.Embedding(len(spec.genres) + 1, d)
+        self.score_proj = nn.Sequential(nn.Linear(2 * SCORE_FREQS, d), nn.SiLU(), nn.Linear(d, d))
+        self.score_null = nn.Parameter(torch.zeros(d))
+        self.spatial_pos = nn.Parameter(torch.zeros(self.PREFIX + spec.positions, d))
+        self.depth_pos = nn.Parameter(torch.zeros(levels, dd))
+        self.spatial = nn.ModuleList(Block(d, spec.heads, spec.mlp_ratio, spec.dropout) for _ in range(spec.spatial_layers))
+        self.depth_in = nn.Linear(d, dd)  # context + chosen levels (width d) → the depth transformer's width
+        self.depth = nn.ModuleList(Block(dd, spec.heads, spec.mlp_ratio, spec.dropout) for _ in range(spec.depth_layers))
+        self.spatial_norm = nn.LayerNorm(d)
+        self.head_norm = nn.LayerNorm(dd)
+        self.head = nn.Linear(dd, k)  # shared across depths
+        nn.init.normal_(self.spatial_pos, std=0.02)
+        nn.init.normal_(self.depth_pos, std=0.02)
+
+    # --------------------------------------------------------------------------- conditions
+
+    @property
+    def null_style(self) -> int:
+        return len(self.spec.styles)
+
+    @property
+    def null_genre(self) -> int:
+        return len(self.spec.genres)
+
+    def condition_tokens(self, style: torch.Tensor, genre: torch.Tensor, score: torch.Tensor, score_known: torch.Tensor) -> torch.Tensor:
+        """Prefix (B, 3, d). style/genre: indices (B,) (the null index drops it); score (B,) 0–100
+        with score_known (B,) bool (False drops it)."""
+        s = self.score_proj(score_embedding(score).to(self.score_null.dtype))  # (B, d)
+        s = torch.where(score_known[:, None], s, self.score_null.to(s.dtype).expand_as(s))
+        return torch.stack([self.style_embed(style), self.genre_embed(genre), s], dim=1)  # (B, 3, d)
+
+    def drop_conditions(self, style, genre, score_known, p: float, generator: torch.Generator | None = None):
+        """Each condition independently replaced by null with probability p (training)."""
+        if p <= 0:
+            return style, genre, score_known
+        drop = torch.rand(3, style.shape[0], generator=generator, device=style.device) < p  # (3, B)
+        style = torch.where(drop[0], torch.full_like(style, self.null_style), style)
+        genre = torch.where(drop[1], torch.full_like(genre, self.null_genre), genre)
+        return style, genre, score_known & ~drop[2]
+
+    # --------------------------------------------------------------------------- embeddings
+
+    def embed_levels(self, codes: torch.Tensor) -> torch.Tensor:
+        """Per-level code embeddings (B, N, L, d) of codes (B, N, L)."""
+        return torch.stack([table(codes[..., lvl]) for lvl, table in enumerate(self.code_embed)], dim=2)
+
+    def depth_inputs(self, context: torch.Tensor, level_embeds: torch.Tensor) -> torch.Tensor:
+        """Depth-transformer input (B, N, L, dd): proj(h_t + Σ_{l<d} e_l) + depth embedding at depth d."""
+        b, n, levels, d = level_embeds.shape
+        # exclusive prefix sum, so level d's input holds no rounding trace of level d's own code
+        chosen = F.pad(torch.cumsum(level_embeds, dim=2)[:, :, :-1], (0, 0, 1, 0))  # (B, N, L, d): sum of levels < d
+        return self.depth_in(context[:, :, None] + chosen) + self.depth_pos[None, None, :levels]
+
+    def run_depth(self, x: torch.Tensor) -> torch.Tensor:
+        """Depth transformer over (B, N, L', dd) → logits (B, N, L', K), causal over levels."""
+        b, n, levels, d = x.shape
+        x = x.reshape(b * n, levels, d)
+        for block in self.depth:
+            x = block(x)
+        return self.head(self.head_norm(x)).reshape(b, n, levels, -1)
+
+    # --------------------------------------------------------------------------- training
+
+    def forward(self, codes: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, N, L, K) for codes (B, N, L) given the condition prefix (B, 3, d)."""
+        b, n, levels = codes.shape
+        level_embeds = self.embed_levels(codes)  # (B, N, L, d)
+        tokens = level_embeds.sum(dim=2)  # (B, N, d): one token per position
+        x = torch.cat([prefix, tokens[:, :-1]], dim=1) + self.spatial_pos[None, : self.PREFIX + n - 1]  # (B, 3+N-1, d)
+        for block in self.spatial:
+            x = block(x)
+        context = self.spatial_norm(x[:, self.PREFIX - 1 :])  # (B, N, d): h_t from the token before t
+        return self.run_depth(self.depth_inputs(context, level_embeds))
+
+    def loss(self, codes: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over every position and level."""
+        logits = self(codes, prefix)  # (B, N, L, K)
+        return F.cross_entropy(logits.flatten(0, 2).float(), codes.flatten())
+
+
+# ------------------------------------------------------------------------------- save / load
+
+
+def save_prior(model: RQPrior, out_dir: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
+    """`out_dir/` = model.safetensors + config.json (spec + meta), written atomically."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        config = {"format": FORMAT, "spec": model.spec.to_json(), "meta": meta or {}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return Path(out_dir)
+
+
+def read_prior_config(model_dir: str | Path) -> dict[str, Any]:
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_FILE
+    if not path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
+        raise UserError(f"{model_dir}: no trained prior here (needs {CONFIG_FILE} + {WEIGHTS_FILE}); run the train_prior stage first")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); re-run the train_prior stage") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise UserError(f"{path}: not a prior config of format {FORMAT!r}; re-run the train_prior stage")
+    return config
+
+
+def load_prior(model_dir: str | Path, device: torch.device | str = "cpu") -> RQPrior:
+    """The prior saved by `save_prior`, in eval mode on `device` (`model.meta` = config.json's meta)."""
+    config = read_prior_config(model_dir)
+    try:
+        model = RQPrior(PriorSpec.from_json(config["spec"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{model_dir}: prior config does not match this version ({exc}); re-run the train_prior stage") from None
+    load_model(model, str(Path(model_dir) / WEIGHTS_FILE), device="cpu")
+    model.meta = dict(config.get("meta", {}))
+    return model.to(device).eval()

@@ -1,0 +1,146 @@
+"""Sampling codes from the prior: conditions by name, classifier-free guidance, KV cache.
+
+    codes = sample_codes(prior, styles=["Cubism"] * 16, genres=["portrait"] * 16, scores=[80.0] * 16, seed=0)
+    images = rqvae.decode_indices(codes)
+
+Guidance works on the logits, as in LlamaGen / MaskGIT: the batch runs twice, with the
+conditions and with all three dropped (the null embeddings the prior learned with
+`cond_dropout`), and logits = uncond + s·(cond − uncond): s = 1 is plain conditional sampling,
+s = 0 is unconditional, s > 1 sharpens the condition. Both halves take the same sampled code.
+Same seed, same settings → the same codes (one torch.Generator drives every draw).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from squeezegen.data.captions import name_key
+from squeezegen.errors import UserError
+from squeezegen.rq.prior import RQPrior
+
+
+def _lookup(kind: str, names: Sequence[str], name: str | None) -> int | None:
+    """Index of `name` in `names`, matching LAPIS spellings and lower-case words alike."""
+    if name is None:
+        return None
+    by_key = {name_key(n): i for i, n in enumerate(names)}
+    index = by_key.get(name_key(name))
+    if index is None:
+        raise UserError(f"unknown {kind} {name!r}; the prior knows: {', '.join(names)}")
+    return index
+
+
+def resolve_conditions(
+    prior: RQPrior, styles: Sequence[str | None], genres: Sequence[str | None], scores: Sequence[float | None]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Names and scores (None = unconditional in that respect) → (style, genre, score, score_known) tensors (B,)."""
+    if not len(styles) == len(genres) == len(scores):
+        raise ValueError("styles, genres and scores must have one entry per sample")
+    spec = prior.spec
+    style = [_lookup("style", spec.styles, s) for s in styles]
+    genre = [_lookup("genre", spec.genres, g) for g in genres]
+    for value in scores:
+        if value is not None and not 0.0 <= value <= 100.0:
+            raise UserError(f"score {value} is outside LAPIS's 0–100 scale")
+    return (
+        torch.tensor([prior.null_style if s is None else s for s in style]),
+        torch.tensor([prior.null_genre if g is None else g for g in genre]),
+        torch.tensor([0.0 if v is None else float(v) for v in scores]),
+        torch.tensor([v is not None for v in scores]),
+    )
+
+
+def _pick(logits: torch.Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator) -> torch.Tensor:
+    """One code per row of logits (B, K): temperature, top-k, then a seeded multinomial draw."""
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
+
+
+class _Spatial:
+    """h_t for t = 0, 1, …: with a KV cache (one new token per step) or by recomputing the sequence."""
+
+    def __init__(self, prior: RQPrior, prefix: torch.Tensor, *, use_cache: bool):
+        self.prior, self.use_cache = prior, use_cache
+        self.caches = [{} for _ in prior.spatial] if use_cache else None
+        self.sequence = prefix + prior.spatial_pos[None, : prior.PREFIX]  # (B, 3, d)
+        self.pending = self.sequence  # tokens the cache has not seen yet
+
+    def context(self) -> torch.Tensor:
+        """h for the next position (B, d)."""
+        x = self.pending if self.use_cache else self.sequence
+        for block, cache in zip(self.prior.spatial, self.caches or [None] * len(self.prior.spatial)):
+            x = block(x, cache)
+        return self.prior.spatial_norm(x[:, -1])
+
+    def append(self, token: torch.Tensor, position: int) -> None:
+        """Add the token (B, d) of grid position `position` (0-based)."""
+        token = (token + self.prior.spatial_pos[self.prior.PREFIX + position])[:, None]  # (B, 1, d)
+        self.sequence = torch.cat([self.sequence, token], dim=1)
+        self.pending = token
+
+
+@torch.no_grad()
+def sample_codes(
+    prior: RQPrior,
+    *,
+    styles: Sequence[str | None],
+    genres: Sequence[str | None],
+    scores: Sequence[float | None],
+    seed: int,
+    guidance_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Codes (B, N, L) for B = len(styles) samples, on the prior's device (CPU-generated seed)."""
+    prior.eval()
+    device = next(prior.parameters()).device
+    style, genre, score, known = (t.to(device) for t in resolve_conditions(prior, styles, genres, scores))
+    b = style.shape[0]
+    guided = guidance_scale != 1.0
+    if guided:  # second half: every condition dropped
+        style = torch.cat([style, torch.full_like(style, prior.null_style)])
+        genre = torch.cat([genre, torch.full_like(genre, prior.null_genre)])
+        score = torch.cat([score, torch.zeros_like(score)])
+        known = torch.cat([known, torch.zeros_like(known)])
+    generator = torch.Generator(device=device).manual_seed(seed)
+    spatial = _Spatial(prior, prior.condition_tokens(style, genre, score, known), use_cache=use_cache)
+    spec = prior.spec
+    codes = torch.empty(b, spec.positions, spec.levels, dtype=torch.long, device=device)
+    for t in range(spec.positions):
+        context = spatial.context()  # (B', d)
+        chosen: list[torch.Tensor] = []  # embeddings (B', d) of the levels picked so far
+        for level in range(spec.levels):
+            running = torch.stack(chosen, dim=1) if chosen else context.new_zeros(context.shape[0], 0, context.shape[-1])
+            embeds = torch.cat([running, context.new_zeros(context.shape[0], 1, context.shape[-1])], dim=1)  # (B', level+1, d)
+            x = prior.depth_inputs(context[:, None], embeds[:, None])  # (B', 1, level+1, dd)
+            logits = prior.run_depth(x)[:, 0, -1]  # (B', K)
+            if guided:
+                cond, uncond = logits[:b], logits[b:]
+                logits = uncond + guidance_scale * (cond - uncond)
+            code = _pick(logits, temperature=temperature, top_k=top_k, generator=generator)  # (B,)
+            codes[:, t, level] = code
+            both = torch.cat([code, code]) if guided else code
+            chosen.append(prior.code_embed[level](both))
+        spatial.append(torch.stack(chosen, dim=1).sum(dim=1), t)
+    return codes
+
+
+@torch.no_grad()
+def marginal_codes(train_codes: torch.Tensor, *, n: int, seed: int) -> torch.Tensor:
+    """The baseline the prior must beat: codes (n, N, L) drawn independently per position and level
+    from their frequencies in `train_codes` (M, N, L)."""
+    m, positions, levels = train_codes.shape
+    k = int(train_codes.max()) + 1
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.empty(n, positions, levels, dtype=torch.long)
+    for level in range(levels):
+        counts = torch.nn.functional.one_hot(train_codes[..., level].cpu(), k).sum(0).float()  # (N, K)
+        out[..., level] = torch.multinomial(counts, n, replacement=True, generator=generator).T  # (n, N)
+    return out
