@@ -27,12 +27,12 @@ from squeezegen.data.synthetic_compose import DARK, rgb
 # Sized so that the visible part of the score (std ≈ 10 points) dominates the invisible taste and the
 # rater noise; the factors a small CNN reads most easily (contrast, clutter: whole-image statistics)
 # weigh most, the subtler ones (accent hues, tilt) less.
-SCORE_WEIGHTS: dict[str, float] = {"harmony": 6.0, "balance": 5.0, "clutter": -11.0, "contrast": 11.0}
+SCORE_WEIGHTS: dict[str, float] = {"harmony": 5.0, "balance": 3.0, "clutter": -12.0, "contrast": 12.0}
 TASTE_SD = 3.0  # the part of an image's mean score no pixel shows (each rater pool's own taste)
 MAX_TILT_DEG = 16.0  # balance -1: the composition is tilted by this much…
 MAX_SHIFT = 0.14  # …and shifted off centre by this fraction of the side
-MAX_MARKS = 70  # clutter +1: this many stray marks
-MIN_CONTRAST, MAX_CONTRAST = 0.4, 1.1  # contrast -1 / +1 keep this fraction of the deviations from the mean
+MAX_MARKS = 90  # clutter +1: this many stray marks (linear in the factor)
+MIN_CONTRAST, MAX_CONTRAST = 0.25, 1.15  # contrast -1 / +1 keep this fraction of the deviations from the mean
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,11 +110,11 @@ def add_clutter(image: np.ndarray, clutter: float, palette: np.ndarray, rng: np.
     from `rng` in a fixed amount per call, so clutter changes the marks, not the rest of the image.
     """
     s = image.shape[0]
-    n = int(round(((clutter + 1.0) / 2.0) ** 1.3 * MAX_MARKS))
+    n = int(round((clutter + 1.0) / 2.0 * MAX_MARKS))
     xy = rng.uniform(0, s, (MAX_MARKS, 4))  # (MAX_MARKS, 4): a start and an end point per mark
     kinds = rng.integers(0, 3, MAX_MARKS)
     colours = rng.integers(0, 6, MAX_MARKS)
-    sizes = rng.uniform(0.015, 0.05, MAX_MARKS) * s
+    sizes = rng.uniform(0.02, 0.06, MAX_MARKS) * s
     if n == 0:
         return image
     pil = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
