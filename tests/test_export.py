@@ -200,4 +200,4 @@ def test_sdcpp_runs_the_sd15_architecture_export(tmp_path):
     from sdcpp_export import run_sd15
 
     result = run_sd15(tmp_path, size=64, steps=2, keep_files=False)
-    assert result["sdcpp"]["loaded"] and result["compare"]["psnr_vs_ours_db"] > 20
+    assert result["sdcpp"]["loaded"] and result["compare"]["psnr_sdcpp_vs_ours_fp32_db"] > 30

@@ -52,7 +52,8 @@ def sdcpp_tensor_shapes(
         names[LDM_UNET_PREFIX + ldm] = ("unet", key, tuple(unet[key].shape))
     for key, tensor in text_encoder.items():
         if not key.endswith(_SKIPPED):  # transformers 5 dropped the `text_model.` level checkpoints keep
-            names[TEXT_PREFIX + "text_model." + key.removeprefix("text_model.")] = ("text_encoder", key, tuple(tensor.shape))
+            name = TEXT_PREFIX + "text_model." + key.removeprefix("text_model.")
+            names[name] = ("text_encoder", key, tuple(tensor.shape))
     for key, ldm in vae_diffusers_to_ldm(vae).items():
         shape = tuple(vae[key].shape)
         if ".mid.attn_1." in ldm and ldm.endswith(_VAE_ATTENTION_LINEARS) and len(shape) == 2:
@@ -89,7 +90,9 @@ def export_sdcpp(
     if not Path(base_dir).is_dir():
         raise UserError(f"{base_dir}: base pipeline folder not found; run `dvc repro fetch_base` first")
     if lora_dir is not None and not Path(lora_dir).is_dir():
-        raise UserError(f"{lora_dir}: LoRA folder not found; run `dvc repro finetune_lora` first, or export without it (--no-lora)")
+        raise UserError(
+            f"{lora_dir}: LoRA folder not found; run `dvc repro finetune_lora` first, or export without it (--no-lora)"
+        )
     pipe = load_fused_pipeline(base_dir, lora_dir)
     states = {part: getattr(pipe, part).state_dict() for part in ("unet", "text_encoder", "vae")}
     del pipe

@@ -199,8 +199,8 @@ def write_unet_gguf(
         dataclasses.replace(choose_type(name, tuple(tensor.shape), policy), name=stored_name[name])
         for name, tensor in state_dict.items()
     ]
-    entries = {META_PREFIX + "version": squeezegen.__version__, META_PREFIX + "key_format": key_format,
-               META_PREFIX + "policy": policy.to_json()} | {META_PREFIX + k: v for k, v in metadata.items()}  # fmt: skip
+    entries = {"version": squeezegen.__version__, "key_format": key_format, "policy": policy.to_json(), **metadata}
+    entries = {META_PREFIX + key: value for key, value in entries.items()}
     records, bytes_gguf = write_planned_gguf(
         path, plans, {stored_name[name]: t for name, t in state_dict.items()}, entries,
         architecture=architecture, progress=progress, desc="quantize UNet",

@@ -76,11 +76,9 @@ class UNetLayout:
         ops = _indices(keys, r"input_blocks\.(\d+)\.0\.op\.")
         per_block = min(ops) if ops else max(outputs) + 1  # resnets per up block = layers_per_block + 1
         n = (max(outputs) + 1) // per_block
-        up_attention = tuple(
-            any(k.startswith(f"output_blocks.{i * per_block}.1.") and not k.startswith(f"output_blocks.{i * per_block}.1.conv.")
-                for k in keys)
-            for i in range(n)
-        )  # fmt: skip
+        # output_blocks.<k>.1 is an attention unless it is the upsampler (a direct `.conv` child)
+        first = [f"output_blocks.{i * per_block}.1." for i in range(n)]
+        up_attention = tuple(any(k.startswith(p) and not k.startswith(p + "conv.") for k in keys) for p in first)
         return cls(
             n_blocks=n,
             layers_per_block=per_block - 1,
