@@ -143,6 +143,75 @@ def test_save_and_load_give_identical_outputs(tmp_path, shared_codebook):
         load_rqvae(tmp_path / "missing")
 
 
+def test_quantize_dropout_drops_only_finer_levels_and_every_k_decodes():
+    model = tiny_rqvae(levels=4, quantize_dropout=True).train()
+    x = signed(structured_images(8))
+    kept = set()
+    for seed in range(12):  # the dropout level is drawn per forward pass
+        torch.manual_seed(seed)
+        recon, indices, losses = model(x)
+        assert recon.shape == x.shape and indices.shape == (8, 16, 4) and losses["commitment"].ndim == 0
+        dropped = (indices == -1).all(dim=(0, 1))  # (L,): a level is dropped for the whole batch or not at all
+        assert not dropped[0] and not (indices[..., 0] == -1).any()  # level 1 is always trained
+        n = int((~dropped).sum())
+        assert dropped[n:].all() and not dropped[:n].any()  # only a suffix of finer levels is dropped
+        kept.add(n)
+    assert len(kept) > 1  # coarse prefixes are trained alone, not only the full stack
+    model.eval()
+    with torch.no_grad():
+        indices = model.encode(x)
+        assert (indices >= 0).all()  # no dropout at inference
+        decodes = [model.decode_indices(indices, levels=k) for k in range(1, 5)]
+    for k, image in enumerate(decodes, 1):
+        assert image.shape == x.shape and torch.isfinite(image).all(), k
+    for coarse, finer in zip(decodes, decodes[1:]):
+        assert not torch.allclose(coarse, finer)  # each added level changes the picture
+
+
+@pytest.mark.parametrize("norm_groups", [0, 32])
+def test_replicate_padding_decodes_a_constant_latent_without_a_frame(norm_groups):
+    torch.manual_seed(0)
+    z = torch.randn(1, 8, 1, 1).expand(1, 8, 4, 4)  # one latent vector everywhere: a flat image
+    outputs = {}
+    for padding_mode in ("replicate", "zeros"):
+        torch.manual_seed(0)
+        model = RQVAE(
+            levels=2, codebook_size=16, code_dim=8, downsample=4, channels=[8, 8, 8],
+            norm_groups=norm_groups, padding_mode=padding_mode,
+        ).eval()
+        with torch.no_grad():
+            outputs[padding_mode] = model.decoder(z)  # (1, 3, 16, 16)
+    flat = outputs["replicate"]
+    # Replicate padding: a border pixel sees the same neighbourhood as an inner one → no frame.
+    assert torch.allclose(flat, flat[..., 8:9, 8:9].expand_as(flat), atol=1e-5)
+    # Zero padding gives the border its own values: the frame the old toy model learned to draw.
+    framed = outputs["zeros"]
+    assert (framed[..., 0, :] - framed[..., 8:9, 8]).abs().max() > 1e-3
+
+
+def test_norm_groups_sets_the_encoder_and_decoder_normalization():
+    def group_norms(model):
+        return [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+
+    assert group_norms(tiny_rqvae(norm_groups=0)) == []  # none: each image keeps its mean colour and contrast
+    assert {m.num_groups for m in group_norms(tiny_rqvae(norm_groups=2))} == {2}
+    old = group_norms(tiny_rqvae())  # the default (32) at 8 channels is one channel per group: instance norm
+    assert old and all(m.num_groups == m.num_channels for m in old)
+
+
+def test_load_rqvae_turns_an_unbuildable_config_into_a_user_error(tmp_path):
+    model = tiny_rqvae(norm_groups=0, padding_mode="replicate")
+    save_rqvae(model, tmp_path / "rqvae")
+    loaded = load_rqvae(tmp_path / "rqvae")
+    assert (loaded.config["norm_groups"], loaded.config["padding_mode"]) == (0, "replicate")
+    path = tmp_path / "rqvae" / "config.json"
+    config = json.loads(path.read_text())
+    for broken in ({"future_knob": 1}, {"norm_groups": 8}, {"padding_mode": "mirror"}):  # unknown key / other weights / bad value
+        path.write_text(json.dumps({**config, "model": {**config["model"], **broken}}))
+        with pytest.raises(UserError, match="cannot rebuild this RQ-VAE.*train_rqvae"):
+            load_rqvae(tmp_path / "rqvae")
+
+
 def test_refiner_starts_as_identity_and_round_trips(tmp_path):
     torch.manual_seed(0)
     refiner = Refiner.build(channels=[8, 16], image_size=16).eval()

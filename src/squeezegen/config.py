@@ -153,6 +153,8 @@ class RQVAEConfig:
     dead_code_threshold: float = _range(0.0)
     quantize_dropout: bool = False
     commitment_weight: float = _range(0.0)
+    norm_groups: int = _range(0)
+    padding_mode: Literal["zeros", "replicate", "reflect"]
     recon_loss: Literal["l1", "l2"] = "l1"
     lpips_weight: float = _range(0.0)
     lr: float = _range(0.0, 1.0, lo_open=True)

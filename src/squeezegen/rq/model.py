@@ -5,6 +5,12 @@ An image (B, 3, H, W) in [-1, 1] becomes a (H/d) × (W/d) grid (d = `downsample`
 latents; each latent is quantized by L residual levels (level 1 the coarse structure, each next
 level the residual the previous ones left), giving indices (B, h·w, L). Decoding with only the
 first k levels gives a coarser image: that is the progressive picture.
+
+Two architecture knobs matter at small widths (measured on the toy profile, see README):
+`norm_groups` — GroupNorm with as many groups as channels is instance norm, which erases each
+image's mean colour and contrast, so the decoder cannot reproduce them from any latent; 0 (no
+norm) lets it. `padding_mode` — zero padding tells every conv where the border is, and the
+decoder learns to draw a frame and corner marks; replicate padding gives it nothing to learn there.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from squeezegen.files import atomic_path
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "squeezegen.rqvae/1"
+PADDING_MODES = ("zeros", "replicate", "reflect")  # nn.Conv2d padding modes the 3×3 convs may use
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -33,23 +40,32 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def group_count(channels: int) -> int:
-    """GroupNorm groups: the largest of 32, 16, … that divides `channels`."""
-    return next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+def group_count(channels: int, max_groups: int = 32) -> int:
+    """GroupNorm groups: the largest of 32, 16, … (at most `max_groups`) that divides `channels`."""
+    return next(g for g in (32, 16, 8, 4, 2, 1) if g <= max(max_groups, 1) and channels % g == 0)
+
+
+def norm_layer(channels: int, norm_groups: int) -> nn.Module:
+    """GroupNorm with up to `norm_groups` groups, or no normalization when `norm_groups` is 0."""
+    return nn.GroupNorm(group_count(channels, norm_groups), channels) if norm_groups > 0 else nn.Identity()
+
+
+def conv3x3(in_channels: int, out_channels: int, *, padding_mode: str, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, padding_mode=padding_mode)
 
 
 class ResBlock(nn.Module):
     """GroupNorm → SiLU → 3×3 conv, twice, plus a (1×1 if the width changes) skip."""
 
-    def __init__(self, *, in_channels: int, out_channels: int):
+    def __init__(self, *, in_channels: int, out_channels: int, norm_groups: int = 32, padding_mode: str = "zeros"):
         super().__init__()
         self.body = nn.Sequential(
-            nn.GroupNorm(group_count(in_channels), in_channels),
+            norm_layer(in_channels, norm_groups),
             nn.SiLU(),
-            nn.Conv2d(in_channels, out_channels, 3, padding=1),
-            nn.GroupNorm(group_count(out_channels), out_channels),
+            conv3x3(in_channels, out_channels, padding_mode=padding_mode),
+            norm_layer(out_channels, norm_groups),
             nn.SiLU(),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            conv3x3(out_channels, out_channels, padding_mode=padding_mode),
         )
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
@@ -60,15 +76,16 @@ class ResBlock(nn.Module):
 class Encoder(nn.Module):
     """RGB → (B, code_dim, H/2^n, W/2^n); channels[i] is the width at resolution /2^i."""
 
-    def __init__(self, *, channels: tuple[int, ...], code_dim: int):
+    def __init__(self, *, channels: tuple[int, ...], code_dim: int, norm_groups: int = 32, padding_mode: str = "zeros"):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, channels[0], 3, padding=1)]
+        kw = dict(norm_groups=norm_groups, padding_mode=padding_mode)
+        layers: list[nn.Module] = [conv3x3(3, channels[0], padding_mode=padding_mode)]
         for width, next_width in zip(channels[:-1], channels[1:]):
-            layers += [ResBlock(in_channels=width, out_channels=width), nn.Conv2d(width, next_width, 3, stride=2, padding=1)]
+            layers += [ResBlock(in_channels=width, out_channels=width, **kw), conv3x3(width, next_width, padding_mode=padding_mode, stride=2)]
         last = channels[-1]
         layers += [
-            ResBlock(in_channels=last, out_channels=last),
-            nn.GroupNorm(group_count(last), last),
+            ResBlock(in_channels=last, out_channels=last, **kw),
+            norm_layer(last, norm_groups),
             nn.SiLU(),
             nn.Conv2d(last, code_dim, 1),
         ]
@@ -81,18 +98,19 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """(B, code_dim, h, w) → RGB (B, 3, h·2^n, w·2^n), mirroring the encoder."""
 
-    def __init__(self, *, channels: tuple[int, ...], code_dim: int):
+    def __init__(self, *, channels: tuple[int, ...], code_dim: int, norm_groups: int = 32, padding_mode: str = "zeros"):
         super().__init__()
+        kw = dict(norm_groups=norm_groups, padding_mode=padding_mode)
         last = channels[-1]
-        layers: list[nn.Module] = [nn.Conv2d(code_dim, last, 1), ResBlock(in_channels=last, out_channels=last)]
+        layers: list[nn.Module] = [nn.Conv2d(code_dim, last, 1), ResBlock(in_channels=last, out_channels=last, **kw)]
         for width, prev_width in zip(reversed(channels[:-1]), reversed(channels[1:])):
             layers += [
                 nn.Upsample(scale_factor=2, mode="nearest"),
-                nn.Conv2d(prev_width, width, 3, padding=1),
-                ResBlock(in_channels=width, out_channels=width),
+                conv3x3(prev_width, width, padding_mode=padding_mode),
+                ResBlock(in_channels=width, out_channels=width, **kw),
             ]
         first = channels[0]
-        layers += [nn.GroupNorm(group_count(first), first), nn.SiLU(), nn.Conv2d(first, 3, 3, padding=1)]
+        layers += [norm_layer(first, norm_groups), nn.SiLU(), conv3x3(first, 3, padding_mode=padding_mode)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -117,11 +135,17 @@ class RQVAE(nn.Module):
         quantize_dropout: bool = False,
         commitment_weight: float = 0.25,
         rotation_trick: bool = False,
+        norm_groups: int = 32,
+        padding_mode: str = "zeros",
     ):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if downsample < 1 or downsample & (downsample - 1):
             raise ValueError(f"downsample must be a power of two, got {downsample}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if norm_groups < 0:
+            raise ValueError(f"norm_groups must be >= 0 (0 = no normalization), got {norm_groups}")
         if len(channels) != int(math.log2(downsample)) + 1:
             raise ValueError(f"channels needs log2(downsample)+1 = {int(math.log2(downsample)) + 1} entries, got {channels}")
         # Everything needed to rebuild the model; saved as config.json next to the weights.
@@ -138,13 +162,15 @@ class RQVAE(nn.Module):
             quantize_dropout=quantize_dropout,
             commitment_weight=commitment_weight,
             rotation_trick=rotation_trick,
+            norm_groups=norm_groups,
+            padding_mode=padding_mode,
         )
         self.meta: dict[str, Any] = {}  # training facts read back by `load_rqvae` (image size, steps…)
         self.levels = levels
         self.codebook_size = codebook_size
         self.downsample = downsample
-        self.encoder = Encoder(channels=channels, code_dim=code_dim)
-        self.decoder = Decoder(channels=channels, code_dim=code_dim)
+        self.encoder = Encoder(channels=channels, code_dim=code_dim, norm_groups=norm_groups, padding_mode=padding_mode)
+        self.decoder = Decoder(channels=channels, code_dim=code_dim, norm_groups=norm_groups, padding_mode=padding_mode)
         self.quantizer = ResidualVQ(
             dim=code_dim,
             num_quantizers=levels,
@@ -238,7 +264,16 @@ def read_rqvae_config(model_dir: str | Path) -> dict[str, Any]:
 def load_rqvae(model_dir: str | Path, device: torch.device | str = "cpu") -> RQVAE:
     """The RQ-VAE saved by `save_rqvae`, in eval mode on `device` (config.json's "meta" is `model.meta`)."""
     config = read_rqvae_config(model_dir)
-    model = RQVAE(**config["model"])
-    load_model(model, str(Path(model_dir) / WEIGHTS_FILE), device="cpu")
+    try:
+        model = RQVAE(**config["model"])
+        load_model(model, str(Path(model_dir) / WEIGHTS_FILE), device="cpu")
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        # A config from an older (or newer) squeezegen whose architecture this code does not build,
+        # or weights that do not fit it: re-training is the fix.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{model_dir}: cannot rebuild this RQ-VAE from its {CONFIG_FILE} ({first_line[:300]}); it was probably saved by "
+            "another version of squeezegen. Re-run the train_rqvae stage (`dvc repro train_rqvae`)."
+        ) from None
     model.meta = dict(config.get("meta", {}))
     return model.to(device).eval()

@@ -170,7 +170,7 @@ def build_rqvae(cfg: RQVAEConfig) -> RQVAE:
         levels=cfg.levels, codebook_size=cfg.codebook_size, code_dim=cfg.code_dim, downsample=cfg.downsample,
         channels=cfg.channels, shared_codebook=cfg.shared_codebook, ema_decay=cfg.ema_decay, kmeans_init=cfg.kmeans_init,
         dead_code_threshold=cfg.dead_code_threshold, quantize_dropout=cfg.quantize_dropout,
-        commitment_weight=cfg.commitment_weight,
+        commitment_weight=cfg.commitment_weight, norm_groups=cfg.norm_groups, padding_mode=cfg.padding_mode,
     )
 
 
