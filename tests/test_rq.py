@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from squeezegen.errors import UserError
+from squeezegen.metrics import psnr
 from squeezegen.rq.evaluation import codebook_stats, evaluate_rqvae, reconstruct_image
 from squeezegen.rq.model import RQVAE, count_parameters, load_rqvae, save_rqvae
 from squeezegen.rq.refiner import Refiner, load_refiner, save_refiner
@@ -123,6 +124,10 @@ def test_codebook_usage_and_perplexity_per_level():
     assert all(0 < u <= 1 for u in metrics["codebook_usage"])
     assert metrics["bits_per_image"] == 4 * 4 * 3 * 4  # 4×4 grid × 3 levels × log2(16) bits
     assert metrics["psnr_by_levels"][-1] == pytest.approx(metrics["psnr"], abs=1e-3)
+    x = signed(structured_images(6, seed=3))
+    with torch.no_grad():  # the unquantized-latent ceiling: decoder(encoder(x)), no codebook involved
+        ceiling = psnr(model.decoder(model.encoder(x)).clamp(-1, 1), x).mean()
+    assert metrics["psnr_latent"] == pytest.approx(float(ceiling), abs=1e-3)
 
 
 @pytest.mark.parametrize("shared_codebook", [False, True])

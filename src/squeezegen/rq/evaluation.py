@@ -55,12 +55,14 @@ def evaluate_rqvae(
     """Val metrics of an RQ-VAE on uint8 images (N, 3, H, W).
 
     Returns psnr, ssim, <lpips_name> (all levels), psnr_by_levels / ssim_by_levels (decoding
-    with the first k levels, k = 1..L), codebook_usage and perplexity (one entry per level),
-    grid (h, w), bits_per_image = h·w·L·log2 K, and n_images.
+    with the first k levels, k = 1..L), psnr_latent (the decoder on the unquantized encoder
+    latent: the ceiling that adding levels approaches; if psnr_by_levels[-1] is already near it,
+    more levels cannot help and the autoencoder is the limit), codebook_usage and perplexity (one
+    entry per level), grid (h, w), bits_per_image = h·w·L·log2 K, and n_images.
     """
     model.eval()
     levels = model.levels
-    sums = {"psnr": 0.0, "ssim": 0.0, lpips_name: 0.0}
+    sums = {"psnr": 0.0, "ssim": 0.0, lpips_name: 0.0, "psnr_latent": 0.0}
     psnr_levels, ssim_levels = [0.0] * levels, [0.0] * levels
     all_indices = []
     grid = (0, 0)
@@ -73,6 +75,7 @@ def evaluate_rqvae(
         sums["psnr"] += float(psnr(recon, x).sum())
         sums["ssim"] += float(ssim(recon, x).sum())
         sums[lpips_name] += float(lpips_distance(lpips_net, recon, x).sum())
+        sums["psnr_latent"] += float(psnr(model.decoder(model.encoder(x)).clamp(-1, 1), x).sum())
         for k in range(1, levels + 1):
             coarse = model.decode_indices(indices, levels=k, grid_hw=grid).clamp(-1, 1)
             psnr_levels[k - 1] += float(psnr(coarse, x).sum())
