@@ -78,7 +78,10 @@ def fake_metrics(*, levels: int = 4, lpips_name: str = "lpips_randnet") -> dict[
     lora = {"trainable_params": 797_184, "total_params": 859_520_964, "final_loss": 0.1234, "steps": 2000,
             "steps_per_s": 1.5, "peak_mem_bytes": 6 * GIB, "seconds": 1333.0, "resumed_from_step": 0}
     data = {"n_in": 320, "n_kept": 320, "n_skipped": 0, "n_train": 295, "n_val": 25}
-    return {"data": data, "lora": lora, "quantize": quantize, "benchmark": benchmark, "rqvae": rqvae, "refiner": refiner}
+    judge = {"style_acc": 0.9, "genre_acc": 0.8, "score_r2": 0.6, "score_mae": 4.0, "params": 100_000}
+    prior = {"params": 300_000, "val_nll": 2.5, "val_nll_unconditional": 2.7, "perf": {"train_seconds": 90.0}}
+    return {"data": data, "lora": lora, "quantize": quantize, "benchmark": benchmark, "rqvae": rqvae, "refiner": refiner,
+            "judge": judge, "prior": prior}
 
 
 def write_inputs(root: Path, metrics: dict[str, dict], *, skip: tuple[str, ...] = ()) -> None:
@@ -159,9 +162,32 @@ def test_fmt_bytes_picks_a_readable_unit(n, text):
     assert report.fmt_bytes(n) == text
 
 
+def fake_gen() -> dict:
+    """evaluate's `gen` metrics (squeezegen.generation.run_generation's keys)."""
+    row = lambda **kw: {"style_acc": 0.5, "genre_acc": 0.4, "score_mean": 50.0, "fd_judge": 10.0, **kw}  # noqa: E731
+    return {
+        "n": 48, "judge_on_val": {"style_acc": 0.9, "genre_acc": 0.8, "score_mean": 55.0},
+        "real_train": row(fd_judge=2.0, style_acc=0.85),
+        "rq_prior": row(params=1_500_000, bytes=6 * MIB, seconds_per_image=0.05, score_high=66.0, score_low=44.5,
+                        score_control=21.5, fd_position=0.25, style_acc=0.61),
+        "rq_prior_norefine": row(params=1_000_000, bytes=4 * MIB, seconds_per_image=0.04),
+        "rq_marginal": row(fd_judge=34.0, style_acc=0.1),
+        "sd": row(params=1_658_244, bytes=7 * MIB, seconds_per_image=0.4),
+        "sd_compressed": row(params=1_658_244, bytes=3 * MIB, seconds_per_image=0.6),
+    }
+
+
 def test_report_shows_the_numbers_tables_and_pictures():
+    from squeezegen.generation import generation_markdown
+
     metrics = fake_metrics()
-    text = report.build_report(metrics, report.headline(metrics), profile="full", samples_caption="CAPTION-HERE")
+    generation = generation_markdown(fake_gen(), judge=metrics["judge"], profile="full")
+    text = report.build_report(metrics, report.headline(metrics), profile="full", samples_caption="CAPTION-HERE",
+                               generation=generation)
+    # generation: one row per generator with its judge figures, the score control and fd position
+    assert "| **RQ generator** (prior + RQ-VAE + refiner) | 1,500,000 | 6.00 MiB | 0.050 | 0.61 | 0.40 | 50.0 | 10.00 |" in text
+    assert "judged 66.0" in text and "44.5" in text and "+21.5 points" in text and "0.25 of the way" in text
+    assert "score R² 0.60" in text and "near chance" not in text  # the toy-SD note only on the toy profile
     # headline: compressed vs fp16 peak and the ratio, UNet bytes, the refiner gain in dB
     assert "1.00 GiB vs 4.00 GiB (0.25×)" in text
     assert "500.0 MiB vs 1.56 GiB (3.20× smaller, 4.75 bits/weight)" in text
@@ -214,7 +240,11 @@ def test_load_metrics_reads_all_files_and_rejects_broken_ones(tmp_path):
     metrics = fake_metrics()
     write_inputs(tmp_path, metrics)
     report.check_inputs(tmp_path)  # all there: no error
-    assert report.load_metrics(tmp_path) == json.loads(json.dumps(metrics))
+    from squeezegen.tracking import merge_perf
+
+    loaded = report.load_metrics(tmp_path)
+    assert loaded == json.loads(json.dumps({name: merge_perf(values) for name, values in metrics.items()}))
+    assert loaded["prior"]["train_seconds"] == 90.0  # `perf` figures are back in place for the report
     (tmp_path / "metrics" / "quantize.json").write_text("{not json")
     with pytest.raises(UserError, match=r"quantize\.json: not valid JSON.*quantize"):
         report.load_metrics(tmp_path)

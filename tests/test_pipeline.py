@@ -21,8 +21,8 @@ from conftest import dvc, make_repo_copy, ran_stages, run
 pytestmark = pytest.mark.slow
 
 STAGES = {"fetch_data", "preprocess", "fetch_base", "finetune_lora", "quantize", "benchmark",
-          "train_rqvae", "train_refiner", "evaluate"}
-RQ_STAGES = {"train_rqvae", "train_refiner", "evaluate"}
+          "train_rqvae", "train_refiner", "train_judge", "train_prior", "evaluate"}
+RQ_STAGES = {"train_rqvae", "train_refiner", "train_prior", "evaluate"}
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +157,29 @@ def test_lora_rank_only_touches_the_lora_stage(toy):
         params.write_text(original)
     assert "finetune_lora" in status
     assert not {"fetch_base", "preprocess", "fetch_data"} & set(status)
+
+
+def test_guidance_is_applied_at_sampling_time_only(toy):
+    params = toy / "params.yaml"
+    original = params.read_text()
+    assert "  guidance_scale: 3.0 " in original
+    params.write_text(original.replace("  guidance_scale: 3.0 ", "  guidance_scale: 1.5 ", 1))
+    try:
+        status = json.loads(dvc("status", "--json", cwd=toy).stdout)
+    finally:
+        params.write_text(original)
+    assert set(status) == {"evaluate"}, status
+
+
+def test_generation_section_and_keys(toy):
+    head = json.loads((toy / "metrics/evaluate.json").read_text())
+    gen = head["gen"]
+    for name in ("real_train", "rq_prior", "rq_prior_norefine", "rq_marginal", "sd", "sd_compressed"):
+        assert 0 <= gen[name]["genre_acc"] <= 1 and gen[name]["fd_judge"] >= 0, name
+    assert gen["rq_prior"]["params"] == sum(gen["rq_prior"]["params_by_model"].values())
+    assert "seconds_per_image" in head["perf"]["gen"]["rq_prior"]  # timing apart from the quality figures
+    report = (toy / "reports/report.md").read_text()
+    assert "## C. Generation" in report and "evaluate/generation.png" in report and "near chance" in report
 
 
 def test_mlflow_has_one_run_per_stage_with_a_shared_tag(toy):

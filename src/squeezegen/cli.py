@@ -67,6 +67,7 @@ for _stage, _summary in [
     ("benchmark", "Stage benchmark: peak memory, speed and drift per configuration → reports/benchmark/."),
     ("train_rqvae", "Stage train_rqvae: residual-quantized VAE → models/rqvae/."),
     ("train_refiner", "Stage train_refiner: detail-restoring UNet (L1 + LPIPS) → models/refiner/."),
+    ("train_prior", "Stage train_prior: conditional RQ-Transformer over the RQ-VAE's codes → models/prior/."),
     ("train_judge", "Stage train_judge: style / genre / score referee CNN, real images only → models/judge/."),
     ("evaluate", "Stage evaluate: compare both branches → reports/report.md, metrics/evaluate.json."),
 ]:
@@ -149,6 +150,37 @@ def reconstruct(
     out.parent.mkdir(parents=True, exist_ok=True)
     result.save(out)
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+@_friendly
+def sample(
+    style: str = typer.Option(..., "--style", help="WikiArt style: LAPIS spelling (Post_Impressionism) or words (post impressionism)"),
+    genre: str = typer.Option(..., "--genre", help="LAPIS genre: portrait, landscape, still life, …"),
+    score: float = typer.Option(70.0, "--score", help="aesthetic score to ask for, 0–100"),
+    n: int = typer.Option(16, "-n", min=1, max=256, help="images to generate"),
+    seed: int = typer.Option(0, "--seed", help="same seed, same images"),
+    out: Path = typer.Option(Path("samples.png"), "--out", help="PNG grid to write"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0, help="classifier-free guidance (default: prior.guidance_scale)"),
+    no_refine: bool = typer.Option(False, "--no-refine", help="skip the refiner (RQ-VAE decode only)"),
+    prior: Path = typer.Option(Path("models/prior"), "--prior", help="prior folder"),
+    rqvae: Path = typer.Option(Path("models/rqvae"), "--rqvae", help="RQ-VAE folder"),
+    refiner: Path = typer.Option(Path("models/refiner"), "--refiner", help="refiner folder"),
+    params: str = ParamsOpt,
+) -> None:
+    """Generate art with the RQ branch: prior → codes → RQ-VAE → refiner, as a PNG grid."""
+    from squeezegen.config import load_config
+    from squeezegen.rq.generate import RQGenerator
+    from squeezegen.rq.pictures import save_grid
+
+    pc = load_config(params).prior
+    gen = RQGenerator.load(prior, rqvae, None if no_refine else refiner)
+    images, seconds = gen.generate(
+        styles=[style] * n, genres=[genre] * n, scores=[score] * n, seed=seed,
+        guidance_scale=pc.guidance_scale if guidance is None else guidance, temperature=pc.temperature, top_k=pc.top_k,
+    )
+    save_grid(out, images)
+    typer.echo(f"wrote {out}: {n} images, {seconds:.3f} s per image ({1 / seconds:.1f} images/s)")
 
 
 @app.command()

@@ -207,6 +207,7 @@ class EvaluateConfig:
 
     num_prompts: int = _range(1, 64)
     num_progressive: int = _range(1, 64)
+    gen_samples: int = _range(2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,6 +238,33 @@ class JudgeConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PriorConfig:
+    """train_prior (training knobs and sizes) + sampling (guidance, temperature, top_k: evaluate / sample)."""
+
+    cond_dropout: float = _range(0.0, 1.0, hi_open=True)
+    guidance_scale: float = _range(0.0)
+    temperature: float = _range(0.0, lo_open=True)
+    top_k: int | None = _range(1)
+    lr: float = _range(0.0, 1.0, lo_open=True)
+    warmup_steps: int = _range(0)
+    weight_decay: float = _range(0.0)
+    max_grad_norm: float = _range(0.0, lo_open=True)
+    checkpoint_every: int = _range(1)
+    width: int = _range(8)
+    heads: int = _range(1)
+    spatial_layers: int = _range(1)
+    depth_width: int = _range(8)
+    depth_layers: int = _range(1)
+    max_steps: int = _range(1)
+    batch_size: int = _range(1)
+
+    def check(self, path: str) -> None:
+        for name in ("width", "depth_width"):
+            if getattr(self, name) % self.heads:
+                raise ConfigError(f"{path}.{name}: must be divisible by heads={self.heads}, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole resolved config; each stage reads its own sections."""
 
@@ -251,6 +279,7 @@ class Config:
     refiner: RefinerConfig = None  # type: ignore[assignment]
     evaluate: EvaluateConfig = None  # type: ignore[assignment]
     judge: JudgeConfig = None  # type: ignore[assignment]
+    prior: PriorConfig = None  # type: ignore[assignment]
 
     def check(self, path: str) -> None:
         if self.data.rq_size % self.rqvae.downsample:
@@ -281,7 +310,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train_rqvae": ("rqvae", "refiner", "evaluate"),
     "train_refiner": ("refiner", "evaluate"),
     "train_judge": ("judge",),
-    "evaluate": ("sd", "benchmark", "evaluate"),
+    "train_prior": ("prior",),
+    "evaluate": ("sd", "benchmark", "evaluate", "prior"),
 }
 
 

@@ -24,6 +24,8 @@ METRICS_STAGES: dict[str, str] = {
     "benchmark": "benchmark",
     "rqvae": "train_rqvae",
     "refiner": "train_refiner",
+    "judge": "train_judge",
+    "prior": "train_prior",
 }
 # other files and folders evaluate reads (relative to the repo root) → the stage that writes them
 OTHER_INPUTS: dict[str, str] = {
@@ -35,10 +37,16 @@ OTHER_INPUTS: dict[str, str] = {
     "models/lora": "finetune_lora",
     "models/quantized": "quantize",
     "models/rqvae": "train_rqvae",
+    "models/refiner": "train_refiner",
+    "models/judge": "train_judge",
+    "models/prior": "train_prior",
+    "data/processed": "preprocess",
 }
 SD_SAMPLES = "evaluate/sd_samples.png"  # drawn by the evaluate stage, relative to reports/
 # every picture the report shows, relative to reports/ (where report.md lives)
-PICTURES = (SD_SAMPLES, "benchmark/memory.png", "benchmark/samples.png", "lora/samples.png", "refiner/progressive.png")
+GENERATION_PICTURES = ("evaluate/generation.png", "evaluate/rq_scores.png")  # drawn by evaluate too
+PICTURES = (SD_SAMPLES, *GENERATION_PICTURES, "benchmark/memory.png", "benchmark/samples.png", "lora/samples.png",
+            "refiner/progressive.png")
 REFERENCE = "fp16"
 COMPRESSED = "q4k_unet_int8_clip_cpu_vae"
 RGB_BITS_PER_PIXEL = 24  # an uncompressed 8-bit RGB pixel, the yardstick for bits per image
@@ -370,10 +378,12 @@ def build_report(
     *,
     profile: str,
     samples_caption: str = "",
+    generation: str = "",
 ) -> str:
     """reports/report.md from the upstream metrics and the headline (`headline(metrics)`).
 
-    `samples_caption` describes evaluate's own sample grid (prompts, seeds, steps, size).
+    `samples_caption` describes evaluate's own sample grid (prompts, seeds, steps, size);
+    `generation` is the generation section (`squeezegen.generation.generation_markdown`).
     """
     data, bench, rqvae, refiner = metrics["data"], metrics["benchmark"], metrics["rqvae"], metrics["refiner"]
     arch = bench.get("arch", "pipeline")
@@ -416,6 +426,7 @@ def build_report(
         f"Perplexity is exp(entropy) of a level's code histogram on the validation set (at most the codebook size). "
         f"RQ-VAE: {fmt_num(rqvae.get('params'), ',.0f')} parameters; refiner: {fmt_num(refiner.get('params'), ',.0f')} parameters.",
         "![original, decodes with 1..L levels, refined](refiner/progressive.png)",
+        *([generation] if generation else []),
         _reproduce_section(),
     ]
     return "\n\n".join(parts) + "\n"

@@ -67,3 +67,24 @@ def render_progressive(
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def save_grid(path: str | Path, images: torch.Tensor, *, columns: int | None = None, min_tile: int = 128) -> Path:
+    """uint8 images (n, 3, H, W) as one PNG grid (nearest-neighbour upscaled to ≥ min_tile px), atomically."""
+    import math
+
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    scale = max(1, math.ceil(min_tile / max(h, w)))
+    gap = 2
+    sheet = Image.new("RGB", (columns * (w * scale + gap) + gap, rows * (h * scale + gap) + gap), (255, 255, 255))
+    for i, image in enumerate(images):
+        tile = Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+        r, c = divmod(i, columns)
+        sheet.paste(tile, (gap + c * (w * scale + gap), gap + r * (h * scale + gap)))
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return Path(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from squeezegen.data.captions import name_key
 from squeezegen.errors import UserError
@@ -97,8 +98,9 @@ def sample_codes(
     temperature: float = 1.0,
     top_k: int | None = None,
     use_cache: bool = True,
+    desc: str | None = None,
 ) -> torch.Tensor:
-    """Codes (B, N, L) for B = len(styles) samples, on the prior's device (CPU-generated seed)."""
+    """Codes (B, N, L) for B = len(styles) samples, on the prior's device. `desc`: show a progress bar."""
     prior.eval()
     device = next(prior.parameters()).device
     style, genre, score, known = (t.to(device) for t in resolve_conditions(prior, styles, genres, scores))
@@ -113,7 +115,7 @@ def sample_codes(
     spatial = _Spatial(prior, prior.condition_tokens(style, genre, score, known), use_cache=use_cache)
     spec = prior.spec
     codes = torch.empty(b, spec.positions, spec.levels, dtype=torch.long, device=device)
-    for t in range(spec.positions):
+    for t in tqdm(range(spec.positions), desc=desc, leave=False, disable=desc is None):
         context = spatial.context()  # (B', d)
         chosen: list[torch.Tensor] = []  # embeddings (B', d) of the levels picked so far
         for level in range(spec.levels):

@@ -1,9 +1,10 @@
 """evaluate: both branches side by side → `reports/report.md`, `reports/evaluate/`, `metrics/evaluate.json`.
 
 The headline numbers are read from the upstream metrics files (nothing is timed again, so an
-RQ-only change leaves every `sd.*` value as it was). The one new picture is the SD sample grid:
-the compressed pipeline (Q4_K UNet + int8 CLIP + CPU VAE) under the uncompressed one (base +
-LoRA), at the same LAPIS-style prompts and seeds.
+RQ-only change leaves every `sd.*` value as it was). Its own pictures: the SD sample grid (the
+compressed pipeline under the uncompressed one at the same prompts and seeds), and the
+generation section (`gen.*`, `squeezegen.generation`): every generator on the same conditions,
+scored by the judge.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ BASE_DIR = Path("models/base")
 LORA_DIR = Path("models/lora")
 QUANT_DIR = Path("models/quantized")
 RQVAE_DIR = Path("models/rqvae")
+REFINER_DIR = Path("models/refiner")
+PRIOR_DIR = Path("models/prior")
+JUDGE_DIR = Path("models/judge")
+PROCESSED_DIR = Path("data/processed")
 REPORT = Path("reports/report.md")
 PICTURE_DIR = Path("reports/evaluate")
 MIN_CELL_PX = 192  # sample grid cells are at least this wide (integer upscaling of small images)  # SD_SAMPLES in squeezegen.report is relative to reports/
@@ -73,6 +78,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     report.check_inputs(".")  # before the slow imports: a missing input fails at once
 
     from squeezegen.files import atomic_path, atomic_write_text
+    from squeezegen.generation import generation_markdown, run_generation
     from squeezegen.rq.model import read_rqvae_config
     from squeezegen.sd.generate import sample_prompts
 
@@ -84,25 +90,34 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         prompts = sample_prompts(cfg.evaluate.num_prompts, cfg.sd.prompt_template)
         seeds = [cfg.seed + i for i in range(len(prompts))]
         grid, grid_psnr = sd_sample_grid(cfg, prompts, seeds)
+        headline["gen"], pictures = run_generation(
+            cfg, processed_dir=PROCESSED_DIR, judge_dir=JUDGE_DIR, prior_dir=PRIOR_DIR, rqvae_dir=RQVAE_DIR,
+            refiner_dir=REFINER_DIR, base_dir=BASE_DIR, lora_dir=LORA_DIR, quant_dir=QUANT_DIR,
+        )
         with atomic_path(PICTURE_DIR) as tmp:
             tmp.mkdir(parents=True)
             grid.save(tmp / Path(report.SD_SAMPLES).name, format="PNG")
+            for name, picture in pictures.items():
+                picture.save(tmp / name, format="PNG")
         caption = (
             f"Top row: the uncompressed pipeline; bottom row: Q4_K UNet + int8 CLIP + CPU VAE. "
             f"{len(prompts)} LAPIS-style prompts, seeds {seeds[0]}–{seeds[-1]} from left to right, {cfg.data.sd_size} px, "
             f"{cfg.sd.infer_steps} steps, guidance {cfg.benchmark.guidance_scale:g}. "
             f"Mean PSNR of the bottom row against the top row: {report.fmt_db(grid_psnr)}."
         )
-        text = report.build_report(metrics, headline, profile=cfg.profile, samples_caption=caption)
+        generation = generation_markdown(headline["gen"], judge=metrics["judge"], profile=cfg.profile)
+        text = report.build_report(metrics, headline, profile=cfg.profile, samples_caption=caption, generation=generation)
         atomic_write_text(REPORT, text)
         run.write_metrics("evaluate", headline, machine_dependent=memory_perf_keys(metrics["benchmark"].get("device_type", "cpu")))
         # the report and every picture it shows, at the same relative paths, so the artifact folder reads on its own
         run.log_artifact(REPORT, "report")
         for picture in report.PICTURES:
             run.log_artifact(REPORT.parent / picture, str(Path("report", picture).parent))
-    sd, rq = headline["sd"], headline["rq"]
+    sd, rq, gen = headline["sd"], headline["rq"], headline["gen"]["rq_prior"]
     print(
         f"evaluate: SD peak {report.fmt_ratio(sd['peak_mem_ratio'])} of fp16, UNet {report.fmt_bytes(sd['unet_bytes_gguf'])}; "
-        f"RQ PSNR {report.fmt_db(rq['psnr_unrefined'])} → {report.fmt_db(rq['psnr_refined'])} → {REPORT}"
+        f"RQ PSNR {report.fmt_db(rq['psnr_unrefined'])} → {report.fmt_db(rq['psnr_refined'])}; RQ generator: judged style "
+        f"accuracy {gen.get('style_acc', float('nan')):.2f}, score control {gen['score_control']:+.1f}, "
+        f"fd_judge {gen['fd_judge']:.2f} → {REPORT}"
     )
     return headline
