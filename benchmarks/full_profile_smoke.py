@@ -163,6 +163,17 @@ def key_figures(repo: Path) -> dict[str, dict]:
     return figures
 
 
+def benchmark_children_peak(repo: Path) -> int:
+    """The benchmark runs each configuration in a process of multiprocessing's forkserver, which
+    wait4 does not see (the server is not reaped by the stage): take their peaks from its metrics."""
+    path = repo / "metrics" / "benchmark.json"
+    if not path.is_file():
+        return 0
+    data = merge_perf(json.loads(path.read_text()))
+    return max([int(v[key]) for v in data.values() if isinstance(v, dict)
+                for key in ("peak_bytes", "load_peak_bytes") if key in v] or [0])
+
+
 def disk_use(repo: Path) -> dict:
     """Bytes of models/base, of the DVC cache, and of both together with hard links counted once."""
     def files(folder: Path):
@@ -184,11 +195,11 @@ def disk_use(repo: Path) -> dict:
     }
 
 
-def fmt(value) -> str:
+def fmt(value, key: str = "") -> str:
+    if ("peak" in key or "bytes" in key or "GGUF" in key) and "ratio" not in key:
+        return f"{value / 2**30:.2f} GiB"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, int) and value > 10**7:
-        return f"{value / 2**30:.2f} GiB"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
@@ -197,7 +208,7 @@ def fmt(value) -> str:
 def markdown(result: dict) -> str:
     rows = ["| stage | ok | seconds | peak RSS | key figures |", "|---|---|---|---|---|"]
     for r in result["stages"]:
-        figures = "; ".join(f"{k} {fmt(v)}" for k, v in r.get("figures", {}).items())
+        figures = "; ".join(f"{k} {fmt(v, k)}" for k, v in r.get("figures", {}).items())
         if r["error"]:
             figures = f"**{r['error']}** {figures}"
         rows.append(f"| {r['stage']} | {'yes' if r['ok'] else 'NO'} | {r['seconds']:.0f} | "
@@ -209,8 +220,8 @@ def markdown(result: dict) -> str:
         f"{s['images']} synthetic images at {s['size']} px, {s['steps']} LoRA / refiner steps, "
         f"LPIPS {'pretrained' if s['lpips_pretrained'] else 'random backbone (no AlexNet weights offline)'}; "
         f"total {result['seconds']:.0f} s.\n\n" + "\n".join(rows) + "\n\n"
-        f"Disk: `models/base` {fmt(d['models_base_bytes'])}, DVC cache {fmt(d['dvc_cache_bytes'])}, "
-        f"outputs + cache on disk {fmt(d['outs_plus_cache_bytes_on_disk'])} (cache.type `{d['cache_type']}`).\n"
+        f"Disk: `models/base` {fmt(d['models_base_bytes'], 'bytes')}, DVC cache {fmt(d['dvc_cache_bytes'], 'bytes')}, "
+        f"outputs + cache on disk {fmt(d['outs_plus_cache_bytes_on_disk'], 'bytes')} (cache.type `{d['cache_type']}`).\n"
     )
 
 
@@ -258,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "train_rqvae": "rqvae", "train_refiner": "refiner", "evaluate": "evaluate"}
         for row in rows:
             row["figures"] = figures.get(metric_of.get(row["stage"], ""), {}) if row["ok"] else {}
+            if row["stage"] == "benchmark":
+                row["peak_rss_bytes"] = max(row["peak_rss_bytes"], benchmark_children_peak(repo))
         if (repo / "models" / "base" / "unet").is_dir():
             next(r for r in rows if r["stage"] == "fetch_base")["figures"] = {"UNet dtype": unet_dtype(repo / "models" / "base")}
         result = {
