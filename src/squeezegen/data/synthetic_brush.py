@@ -98,8 +98,8 @@ def brush_dots(base: np.ndarray, look: StyleLook, pal: np.ndarray, rng: np.rando
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)  # (S, S) each
     row, col = np.minimum((yy / pitch).astype(int), cells - 1), np.minimum((xx / pitch).astype(int), cells - 1)
     dist2 = (yy - cy[row, col]) ** 2 + (xx - cx[row, col]) ** 2
-    inside = (dist2 < (0.48 * pitch) ** 2)[..., None]
-    ground = mix(blur(base, pitch), pal[LIGHT], 0.35)
+    inside = (dist2 < (0.44 * pitch) ** 2)[..., None]
+    ground = mix(blur(base, pitch), mix(pal[LIGHT], np.ones(3, np.float32), 0.5), 0.45)  # a near-white ground between the dots
     return np.where(inside, dot_color[row, col], ground)
 
 
@@ -171,9 +171,17 @@ BRUSHES = {"strokes": brush_strokes, "dots": brush_dots, "facets": brush_facets,
 
 
 def add_extra(image: np.ndarray, look: StyleLook, pal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The style's extra touch: drips, Ben-Day halftone, an ornamental frame, paper grain or varnish."""
+    """The style's extra touches (`look.extra`, joined by "+"), in order."""
+    for touch in filter(None, look.extra.split("+")):
+        image = np.clip(add_touch(image, touch, pal, rng), 0, 1)
+    return image
+
+
+def add_touch(image: np.ndarray, touch: str, pal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One extra touch (synthetic_styles.EXTRAS) on a painting (S, S, 3)."""
     s = image.shape[0]
-    if look.extra == "drips":  # gestural flung lines and splatter
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s  # (S, S) each, in [0, 1)
+    if touch == "drips":  # gestural flung lines and splatter
         pil = to_image(image)
         draw = ImageDraw.Draw(pil)
         for _ in range(int(rng.integers(4, 9))):
@@ -183,13 +191,13 @@ def add_extra(image: np.ndarray, look: StyleLook, pal: np.ndarray, rng: np.rando
         for cx, cy, r, k in zip(*(rng.uniform(0, s, (2, 25))), rng.uniform(0.3, 1.5, 25) * s / 100, rng.integers(0, 6, 25)):
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=rgb(pal[k]))
         return to_array(pil)
-    if look.extra == "halftone":  # Ben-Day dots over the light areas
-        pitch = max(3.0, s / 28)
+    if touch == "halftone":  # Ben-Day dots over the light areas
+        pitch = max(3.0, s / 18)  # coarse enough to survive at 64 px
         yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-        dots = (np.sin(xx * 2 * np.pi / pitch) * np.sin(yy * 2 * np.pi / pitch)) > 0.35
-        light = luminance(image) > 0.55
+        dots = (np.sin(xx * 2 * np.pi / pitch) * np.sin(yy * 2 * np.pi / pitch)) > 0.3
+        light = luminance(image) > 0.45
         return np.where((dots & light)[..., None], mix(image, pal[4], 0.45), image)
-    if look.extra == "ornament":  # a frame and whiplash curves
+    if touch == "ornament":  # a frame and whiplash curves
         pil = to_image(image)
         draw = ImageDraw.Draw(pil)
         frame = max(2, s // 28)
@@ -199,13 +207,40 @@ def add_extra(image: np.ndarray, look: StyleLook, pal: np.ndarray, rng: np.rando
             ys = rng.uniform(0.2, 0.8) * s + 0.12 * s * np.sin(xs / s * rng.uniform(4, 9) + rng.uniform(0, 6))
             draw.line(list(zip(xs.tolist(), ys.tolist())), fill=rgb(pal[DARK]), width=max(1, s // 70), joint="curve")
         return to_array(pil)
-    if look.extra == "paper":  # washi paper: a warm tone and horizontal fibres
+    if touch == "paper":  # washi paper: a warm tone and horizontal fibres
         grid = rng.normal(0, 1, (s // 2 + 1, 6)).astype(np.float32)
         fibres = np.asarray(Image.fromarray(grid).resize((s, s), Image.Resampling.BICUBIC), np.float32)
         return mix(image, np.array([0.93, 0.87, 0.74], np.float32), 0.15) * (1 + 0.03 * fibres[..., None])
-    if look.extra == "glaze":  # warm, yellowed varnish
+    if touch == "glaze":  # warm, yellowed varnish
         return image * np.array([1.0, 0.96, 0.84], np.float32)
-    return image
+    if touch == "spotlight":  # tenebrism: one pool of light near the centre, the rest near black
+        cy, cx = rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.7)
+        light = 0.22 + 0.9 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.2**2))
+        return image * light[..., None]
+    if touch == "gold":  # a gold ground above a round arch: gilded spandrels in the top corners
+        cy, r = 0.45, 0.44
+        spandrel = (yy < cy) & ((yy - cy) ** 2 + (xx - 0.5) ** 2 > r**2)
+        gold = np.array([0.85, 0.66, 0.24], np.float32) * (1 + 0.08 * np.sin(xx * s * 1.7) * np.sin(yy * s * 1.3))[..., None]
+        return np.where(spandrel[..., None], gold, image)
+    if touch == "haze":  # aerial perspective: the upper part fades into a pale blue distance
+        t = 0.6 * np.clip(1.0 - yy / 0.6, 0, 1) ** 1.5
+        return mix(image, np.array([0.70, 0.78, 0.86], np.float32), t[..., None])
+    if touch == "glow":  # the light parts bloom into a golden haze
+        bright = np.clip(luminance(image) - 0.4, 0, 1)[..., None] * mix(pal[4], np.ones(3, np.float32), 0.3)
+        return image + 0.9 * blur(bright, s * 0.05)
+    if touch == "shadow":  # hard light: a long straight cast shadow darkens one side of a diagonal
+        angle = rng.uniform(0.5, 1.1) * (1 if rng.random() < 0.5 else -1) + np.pi / 2
+        offset = rng.uniform(-0.15, 0.15)
+        side = (xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle) > offset
+        return np.where(side[..., None], image * np.array([0.45, 0.5, 0.62], np.float32), image * 1.08)
+    if touch == "oval":  # a light oval cartouche: outside the oval the canvas fades to a pale pastel
+        d = ((xx - 0.5) / 0.47) ** 2 + ((yy - 0.5) / 0.5) ** 2
+        t = np.clip((d - 0.85) / 0.3, 0, 1)
+        return mix(image, mix(pal[3], np.ones(3, np.float32), 0.3), 0.9 * t[..., None])
+    if touch == "bokashi":  # woodblock sky: a Prussian-blue band graded down from the top edge
+        t = 0.9 * np.clip(1.0 - yy / 0.28, 0, 1)
+        return mix(image, np.array([0.10, 0.20, 0.45], np.float32), t[..., None])
+    raise ValueError(f"unknown extra touch {touch!r}")
 
 
 def finish(image: np.ndarray, look: StyleLook, rng: np.random.Generator) -> np.ndarray:
@@ -220,6 +255,14 @@ def finish(image: np.ndarray, look: StyleLook, rng: np.random.Generator) -> np.n
     return np.clip(image + weave[..., None], 0, 1)
 
 
+def elongate(image: np.ndarray, factor: float) -> np.ndarray:
+    """(S, S, 3) stretched vertically by `factor` about its centre, cropped back to (S, S, 3)."""
+    s = image.shape[0]
+    tall = to_image(image).resize((s, int(round(s * factor))), Image.Resampling.BILINEAR)
+    top = (tall.height - s) // 2
+    return to_array(tall.crop((0, top, s, top + s)))
+
+
 def paint(
     base: np.ndarray,
     look: StyleLook,
@@ -231,14 +274,19 @@ def paint(
 ) -> np.ndarray:
     """Composition (S, S, 3) → painting (S, S, 3), both float in [0, 1].
 
-    `quality` adds the clutter marks (after the brushwork, so no brush averages them away; drawn
-    from `marks_rng`, so they never shift `rng`'s draws) and the tonal contrast (last).
+    `quality` sets the tonal contrast (after the style's finish) and adds the clutter marks (last,
+    so no brush, finish or contrast hides them; drawn from `marks_rng`, so they never shift `rng`'s draws).
     """
+    if look.elongate != 1.0:  # stretch the composition vertically, keep the centre
+        base = elongate(base, look.elongate)
     textured = np.clip(add_texture(base, rng), 0, 1)
     out = BRUSHES[look.brush](textured, look, pal, rng)
+    if look.sharpen:
+        out = to_array(to_image(out).filter(ImageFilter.UnsharpMask(radius=2, percent=int(100 * look.sharpen), threshold=0)))
     if look.outline and look.brush in ("strokes", "smooth"):  # contour lines around the forms
         edges = contour_mask(blur(base, base.shape[0] * 0.006))
         out = np.where(edges[..., None], mix(out, pal[DARK], look.outline * 0.8), out)
     out = add_extra(np.clip(out, 0, 1), look, pal, rng)
-    out = add_clutter(out, quality.clutter, pal, marks_rng if marks_rng is not None else np.random.default_rng(0))
-    return wash_out(finish(out, look, rng), quality.contrast)
+    out = wash_out(finish(out, look, rng), quality.contrast)
+    # the marks go on last: neither the style's finish (vignette, spotlight…) nor a washed-out contrast hides them
+    return add_clutter(out, quality.clutter, pal, marks_rng if marks_rng is not None else np.random.default_rng(0))

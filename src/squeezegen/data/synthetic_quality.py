@@ -2,9 +2,11 @@
 
 Every synthetic image draws four factors, each uniform in [-1, 1] (+1 is what raters prefer):
 
-- `harmony`  — palette harmony: low harmony turns the accent colours towards garish, clashing hues;
+- `harmony`  — palette harmony: low harmony turns the two accent colours towards garish, clashing hues
+  (the mid tone a little; the dark, deep and light tones that carry the style's palette stay);
 - `balance`  — compositional balance: low balance tilts the composition and pushes it off centre;
-- `clutter`  — high clutter scatters small stray marks over the finished painting (a minus for raters);
+- `clutter`  — high clutter scatters small stray marks (ink ticks, dots, scribbles) over the finished painting
+  (a minus for raters), each dark on light ground or light on dark, so they read at any palette;
 - `contrast` — tonal contrast: low contrast washes the painting out towards its mean grey.
 
 Each factor visibly changes the pixels and moves the mean score by `SCORE_WEIGHTS` points per
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from squeezegen.data.synthetic_compose import DARK, rgb
+from squeezegen.data.synthetic_compose import DARK, LIGHT, rgb
 
 # Score points per unit of each factor (a factor spans [-1, 1], so each moves the score by up to ±weight).
 # Sized so that the visible part of the score (std ≈ 10 points) dominates the invisible taste and the
@@ -32,6 +34,7 @@ TASTE_SD = 3.0  # the part of an image's mean score no pixel shows (each rater p
 MAX_TILT_DEG = 16.0  # balance -1: the composition is tilted by this much…
 MAX_SHIFT = 0.14  # …and shifted off centre by this fraction of the side
 MAX_MARKS = 90  # clutter +1: this many stray marks (linear in the factor)
+MARK_SIZE = (0.02, 0.05)  # a mark's size, as a fraction of the side
 MIN_CONTRAST, MAX_CONTRAST = 0.25, 1.15  # contrast -1 / +1 keep this fraction of the deviations from the mean
 
 
@@ -66,14 +69,16 @@ def quality_score_offset(quality: Quality) -> float:
 
 
 def clash_palette(palette: np.ndarray, harmony: float) -> np.ndarray:
-    """The palette (6, 3) with its accents (4, 5) and mid tone (2) rotated towards clashing hues.
+    """The palette (6, 3) with its accents (4, 5), and a little its mid tone (2), rotated towards clashing hues.
 
     harmony +1 leaves it alone; at -1 the accents turn by up to 150° (towards the complement of
-    the palette) and are pushed to full saturation, the mid tone by half as much.
+    the palette) and are pushed to full saturation, the mid tone by 0.3 of that (45°): the mid tone
+    covers much of the canvas and carries the style's palette, which must stay recognizable at
+    any harmony (at 0.5, 75°, Cubism's ochres passed for Realism's and New Realism's for Mannerism's).
     """
     disharmony = (1.0 - harmony) / 2.0  # 0 (harmonious) … 1 (clashing)
     out = palette.copy()
-    for index, share in ((4, 1.0), (5, 1.0), (2, 0.5)):
+    for index, share in ((4, 1.0), (5, 1.0), (2, 0.3)):
         h, s, v = colorsys.rgb_to_hsv(*out[index].tolist())
         h = (h + share * disharmony * 150.0 / 360.0) % 1.0
         s = s + share * disharmony * (1.0 - s) * 0.8
@@ -104,31 +109,34 @@ def unbalance(base: np.ndarray, balance: float, rng: np.random.Generator) -> np.
 
 
 def add_clutter(image: np.ndarray, clutter: float, palette: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Scatter stray marks (ticks, blobs, scribbles) in palette colours over the painting (S, S, 3).
+    """Scatter small stray marks (ticks, dots, scribbles) over the painting (S, S, 3).
 
-    Their number grows from 0 (clutter -1) to MAX_MARKS (clutter +1). Random positions come
+    Their number grows from 0 (clutter -1) to MAX_MARKS (clutter +1). Each mark is the palette's
+    dark tone where the painting under it is light and its light tone where it is dark, so the
+    marks stand out from any style (and hide little of it: they are small). Random positions come
     from `rng` in a fixed amount per call, so clutter changes the marks, not the rest of the image.
     """
     s = image.shape[0]
     n = int(round((clutter + 1.0) / 2.0 * MAX_MARKS))
     xy = rng.uniform(0, s, (MAX_MARKS, 4))  # (MAX_MARKS, 4): a start and an end point per mark
     kinds = rng.integers(0, 3, MAX_MARKS)
-    colours = rng.integers(0, 6, MAX_MARKS)
-    sizes = rng.uniform(0.02, 0.06, MAX_MARKS) * s
+    sizes = rng.uniform(MARK_SIZE[0], MARK_SIZE[1], MAX_MARKS) * s
     if n == 0:
         return image
+    lum = image @ np.array([0.299, 0.587, 0.114], np.float32)  # (S, S)
+    ink, paper = rgb(palette[DARK] * 0.6), rgb(np.maximum(palette[LIGHT], 0.85))
     pil = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     width = max(1, s // 64)
-    for (x0, y0, x1, y1), kind, colour, r in zip(xy[:n].tolist(), kinds[:n].tolist(), colours[:n].tolist(), sizes[:n].tolist()):
-        fill = rgb(palette[colour] if colour != 3 else palette[DARK])
+    for (x0, y0, x1, y1), kind, r in zip(xy[:n].tolist(), kinds[:n].tolist(), sizes[:n].tolist()):
+        fill = ink if lum[min(int(y0), s - 1), min(int(x0), s - 1)] > 0.45 else paper
         if kind == 0:  # a short tick
-            ex, ey = x0 + (x1 - x0) * 0.12, y0 + (y1 - y0) * 0.12
+            ex, ey = x0 + (x1 - x0) * 0.08, y0 + (y1 - y0) * 0.08
             draw.line((x0, y0, ex, ey), fill=fill, width=width)
-        elif kind == 1:  # a blob
-            draw.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), fill=fill)
+        elif kind == 1:  # a dot
+            draw.ellipse((x0 - r * 0.6, y0 - r * 0.6, x0 + r * 0.6, y0 + r * 0.6), fill=fill)
         else:  # a zig-zag scribble
-            pts = [(x0 + i * r, y0 + (r if i % 2 else -r)) for i in range(4)]
+            pts = [(x0 + i * r * 0.6, y0 + (r if i % 2 else -r) * 0.6) for i in range(4)]
             draw.line(pts, fill=fill, width=width)
     return np.asarray(pil, np.float32) / 255.0
 
