@@ -4,7 +4,7 @@
 
 Copies the project (tracked and untracked-but-not-ignored files, as a clone plus local edits
 would hold) into two temporary folders, runs `dvc repro` in each from nothing, one after the
-other, then compares:
+other (or both at once with `--parallel`), then compares:
 - every metric outside `perf` in every `metrics/*.json` the DAG writes (expected: no difference),
 - every plot CSV under `metrics/` byte for byte,
 - every DVC output by the md5 DVC records for it in `dvc.lock` (`data/processed`,
@@ -54,16 +54,19 @@ def clean_copy(dest: Path) -> Path:
     return dest
 
 
-def repro(repo: Path) -> float:
+def start_repro(repo: Path) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DVC_NO_ANALYTICS="1", TQDM_MININTERVAL="30")
     env.pop("MLFLOW_TRACKING_URI", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(repo / "src")  # each run imports its own copy of the code, not the editable install's
-    started = time.perf_counter()
-    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"dvc repro failed in {repo}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    log = open(repo / "repro.log", "w")
+    return subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def finish_repro(repo: Path, proc: subprocess.Popen, started: float) -> float:
+    if proc.wait() != 0:
+        raise SystemExit(f"dvc repro failed in {repo}:\n{(repo / 'repro.log').read_text()[-6000:]}")
     return time.perf_counter() - started
 
 
@@ -118,15 +121,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "metrics/determinism.json")
     parser.add_argument("--keep", action="store_true", help="keep the two run folders (printed)")
+    parser.add_argument("--parallel", action="store_true", help="run the two repros at the same time (half the wall time)")
     args = parser.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="squeezegen-determinism-"))
     seconds = []
     try:
         runs = [clean_copy(scratch / f"run_{i}") for i in (1, 2)]
-        for i, repo in enumerate(runs, 1):
-            print(f"run {i}: dvc repro in {repo} …", flush=True)
-            seconds.append(repro(repo))
-            print(f"run {i}: {seconds[-1]:.0f} s", flush=True)
+        if args.parallel:
+            print(f"runs 1 and 2 at once: dvc repro in {runs[0]} and {runs[1]} …", flush=True)
+            started = time.perf_counter()
+            procs = [start_repro(repo) for repo in runs]
+            seconds = [finish_repro(repo, proc, started) for repo, proc in zip(runs, procs)]
+        else:
+            for i, repo in enumerate(runs, 1):
+                print(f"run {i}: dvc repro in {repo} …", flush=True)
+                seconds.append(finish_repro(repo, start_repro(repo), time.perf_counter()))
+                print(f"run {i}: {seconds[-1]:.0f} s", flush=True)
         result = compare(*runs)
     finally:
         if args.keep:
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
     result = {"git_commit": commit, "working_tree_dirty": dirty, **result}
-    result["perf"].update({"repro_seconds": [round(s, 1) for s in seconds]})
+    result["perf"].update({"repro_seconds": [round(s, 1) for s in seconds], "parallel": args.parallel})
     atomic_write_json(args.out, result)
     print(f"{result['quality_keys_compared']} quality metrics compared, {len(result['differing_quality_keys'])} differ; "
           f"{len(result['identical_outputs'])} of {result['outputs_compared']} outputs byte-identical; "
