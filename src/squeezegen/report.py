@@ -321,7 +321,8 @@ def _lora_section(lora: Mapping[str, Any]) -> str:
         ["trainable parameters", f"{lora['trainable_params']:,} of {lora['total_params']:,} ({fmt_num(None if share is None else 100 * share, '.2f')}%)"],
         ["optimizer steps", f"{lora.get('steps', '—')} at {fmt_num(lora.get('steps_per_s'), '.2f')} steps/s"],
         ["final loss", fmt_num(lora.get("final_loss"), ".4f")],
-        ["peak training memory", fmt_bytes(lora.get("peak_mem_bytes"))],
+        ["peak memory: training / whole stage (incl. sample grid)",
+         f"{fmt_bytes(lora.get('peak_mem_bytes_train'))} / {fmt_bytes(lora.get('peak_mem_bytes'))}"],
     ]
     return markdown_table(["LoRA fine-tune", "value"], rows)
 
