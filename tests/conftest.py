@@ -32,7 +32,7 @@ def pipeline_env() -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 3600) -> subprocess.CompletedProcess:
     """Run a command in the temp repo, capturing output (shown on failure)."""
     proc = subprocess.run(cmd, cwd=cwd, env=pipeline_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
