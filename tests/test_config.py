@@ -60,7 +60,7 @@ def _mutate(raw, path, value):
         ("lora.lr", -1.0, ["lora.lr", "0.0 < value"]),
         ("lora.mixed_precision", "fp8", ["lora.mixed_precision", "'fp32'", "'bf16'"]),
         ("lora.mixed_precision", False, ["lora.mixed_precision", "'fp32'"]),
-        ("quantize.unet_type", "Q3_K", ["quantize.unet_type", "'Q4_K'"]),
+        ("quantize.unet_type", "Q4_0", ["quantize.unet_type", "'Q4_K'"]),
         ("quantize.keep_patterns", ["conv_in", "(unclosed"], ["quantize.keep_patterns[1]", "regular expression"]),
         ("benchmark.configs", ["q4k_unet"], ["benchmark.configs", "fp16"]),
         ("profiles.toy.rqvae.downsample", 3, ["rqvae.downsample", "power of two"]),

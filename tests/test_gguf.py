@@ -322,7 +322,8 @@ def test_every_type_the_reader_accepts_is_one_the_runtime_decodes():
     for qtype in SUPPORTED_TYPES:
         data = encode_array(x, qtype)
         decoded = dequantize_torch(torch.from_numpy(np.ascontiguousarray(data)), qtype, x.shape, torch.float32)
-        np.testing.assert_allclose(decoded.numpy(), x, atol=0.2, err_msg=qtype.name)
+        rel = np.linalg.norm(decoded.numpy() - x) / np.linalg.norm(x)
+        assert rel < 0.35, (qtype.name, rel)  # Q2_K, the coarsest, is ≈0.27 on Gaussian weights
 
 
 def test_error_messages_escape_control_bytes(q4k_file, tmp_path):

@@ -100,7 +100,7 @@ class LoraConfig:
 class QuantizeConfig:
     """quantize."""
 
-    unet_type: Literal["Q4_K", "Q8_0", "F16"]
+    unet_type: Literal["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16"]
     fallback_type: Literal["Q8_0", "F16"]
     keep_type: Literal["F16", "F32"]
     keep_patterns: tuple[str, ...]

@@ -36,7 +36,7 @@ from squeezegen.files import atomic_path
 from squeezegen.quant.gguf_check import ORIG_SHAPE_PREFIX, check_gguf
 from squeezegen.quant.ldm_keys import KEY_FORMATS, LDM_UNET_PREFIX, unet_diffusers_to_ldm
 from squeezegen.quant.policy import QuantPolicy, TensorPlan, choose_type, tensor_nbytes
-from squeezegen.quant.q4k import dequantize_q4_k, quantize_q4_k
+from squeezegen.quant.codecs import CODECS, codec
 from squeezegen.quant.report import QuantReport, TensorRecord
 
 ARCHITECTURE = "sd1"
@@ -50,24 +50,23 @@ FLOAT_DTYPES = {GGMLQuantizationType.F16: np.float16, GGMLQuantizationType.F32: 
 def encode_array(x: np.ndarray, qtype: GGMLQuantizationType, *, name: str = "tensor") -> np.ndarray:
     """float32 [..., n] → the bytes (uint8 [..., n/block·type_size]) or floats stored for `qtype`.
 
-    `name` labels the tensor in the Q4_K quantizer's error messages."""
+    `name` labels the tensor in the quantizer's error messages. Quantized types go through the
+    codec registry (the gguf package has no K-quant quantizer)."""
     if qtype in FLOAT_DTYPES:
         return x.astype(FLOAT_DTYPES[qtype])
-    if qtype == GGMLQuantizationType.Q4_K:
-        return quantize_q4_k(x, name=name)  # the gguf package has no K-quant quantizer
-    return gguf_quants.quantize(x, qtype)
+    return codec(qtype).quantize(x, name=name)
 
 
 def decode_array(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     """Stored bytes or floats → float32 [..., n].
 
-    Q4_K uses our decoder (equal to gguf's bit for bit, ~10× faster on a UNet); every other
-    type is decoded by the gguf package.
+    Registered types use our decoders (equal to gguf's bit for bit; Q4_K ~10× faster on a
+    UNet); any other type is decoded by the gguf package.
     """
     if qtype in FLOAT_DTYPES:
         return np.asarray(data, dtype=np.float32)
-    if qtype == GGMLQuantizationType.Q4_K:
-        return dequantize_q4_k(np.asarray(data))
+    if qtype in CODECS:
+        return CODECS[qtype].dequantize(np.asarray(data))
     return gguf_quants.dequantize(np.asarray(data), qtype).astype(np.float32, copy=False)
 
 
@@ -325,7 +324,9 @@ def format_summary(summary: Mapping[str, Any], *, max_tensors: int | None = None
     ]
     for qtype, entry in summary["by_type"].items():
         share = entry["params"] / max(summary["n_params"], 1)
-        lines.append(f"  {qtype:<5} {entry['tensors']:>5} tensors {entry['params']:>14,} params ({share:6.1%})")
+        bpw = 8 * entry["bytes"] / max(entry["params"], 1)
+        lines.append(f"  {qtype:<5} {entry['tensors']:>5} tensors {entry['params']:>14,} params ({share:6.1%}) "
+                     f"{bpw:.3f} bits/weight")
     for key, value in summary["metadata"].items():
         lines.append(f"  {key} = {value}")
     rows = summary["tensors"] if max_tensors is None else summary["tensors"][:max_tensors]

@@ -5,8 +5,9 @@ state-dict key stays `<module>.weight`, as in diffusers); each forward decodes t
 input's dtype, restores the true shape and calls F.linear / F.conv2d. diffusers' own GGUF
 loader only swaps nn.Linear, so the conv variant (and Q4_K convs stored as rows of 256) is ours.
 
-Q4_K weights on a CUDA device decode with the fused Triton kernel (q4k_triton) when Triton is
-installed, else with the torch decode; SQUEEZEGEN_Q4K_DECODE=torch forces the torch decode
+Every type of the codec registry (codecs.py) decodes in torch on any device. Q4_K weights on a
+CUDA device decode with the fused Triton kernel (q4k_triton) when Triton is installed, else with
+the torch decode; SQUEEZEGEN_Q4K_DECODE=torch forces the torch decode
 (for comparisons), =triton makes a missing Triton an error instead of a silent fallback.
 """
 
@@ -16,10 +17,11 @@ import os
 
 import torch
 import torch.nn.functional as F
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.constants import GGMLQuantizationType
 from torch import nn
 
 from squeezegen.errors import UserError
+from squeezegen.quant.codecs import CODECS
 from squeezegen.quant.q4k import dequantize_q4_k_torch
 
 FLOAT_QTYPES = (GGMLQuantizationType.F16, GGMLQuantizationType.F32)
@@ -28,15 +30,10 @@ FLOAT_QTYPES = (GGMLQuantizationType.F16, GGMLQuantizationType.F32)
 def dequantize_q8_0_torch(packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Q8_0 bytes uint8 [..., 34·n] → dtype [..., 32·n].
 
-    Written here because no torch library decodes Q8_0: each block is an fp16 scale d followed
-    by 32 int8 values q, and a weight is d·q.
+    No torch library decodes Q8_0 (an fp16 scale d and 32 int8 values q per block, weight d·q):
+    the codec registry's decode does it.
     """
-    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0]
-    lead = packed.shape[:-1]
-    blocks = packed.reshape(-1, type_size)  # [n_blocks, 2 + 32]
-    scale = blocks[:, :2].contiguous().view(torch.float16).to(dtype)  # [n_blocks, 1]
-    quants = blocks[:, 2:].contiguous().view(torch.int8).to(dtype)  # [n_blocks, 32]
-    return (scale * quants).reshape(*lead, -1)  # [..., 32·n]
+    return CODECS[GGMLQuantizationType.Q8_0].dequantize_torch(packed, dtype)
 
 
 DECODE_ENV = "SQUEEZEGEN_Q4K_DECODE"
@@ -70,8 +67,6 @@ def dequantize_torch(
     """Decode a stored GGUF tensor (uint8 bytes, or floats for F16/F32) to `dtype` of `shape`."""
     if qtype in FLOAT_QTYPES:
         weight = packed.to(dtype)
-    elif qtype == GGMLQuantizationType.Q8_0:
-        weight = dequantize_q8_0_torch(packed, dtype)
     elif qtype == GGMLQuantizationType.Q4_K:
         if q4k_decoder(packed.device) == "triton":
             from squeezegen.quant.q4k_triton import dequantize_q4_k_triton
@@ -79,6 +74,8 @@ def dequantize_torch(
             weight = dequantize_q4_k_triton(packed, dtype)
         else:
             weight = dequantize_q4_k_torch(packed, dtype)
+    elif qtype in CODECS:  # every other registered type: the codec's torch decode (float32, then dtype)
+        weight = CODECS[qtype].dequantize_torch(packed, dtype)
     else:
         raise NotImplementedError(f"no torch decoder for GGUF type {qtype.name}")
     return weight.reshape(shape)

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from squeezegen.errors import ConfigError
+from squeezegen.quant.codecs import QUANTIZED_TYPES  # the codec registry: every type we write
 
-QUANTIZED_TYPES = ("Q4_K", "Q8_0")
 FLOAT_TYPES = ("F16", "F32")
+# a fallback holds what a 256-weight super-block cannot, so only smaller blocks qualify (Q8_0)
+FALLBACK_TYPES = tuple(t for t in QUANTIZED_TYPES if GGML_QUANT_SIZES[GGMLQuantizationType[t]][0] < 256)
 
 DEFAULT_KEEP_PATTERNS = (
     r"(^|\.)time_embedding\.",
@@ -44,8 +46,8 @@ DEFAULT_KEEP_PATTERNS = (
 class QuantPolicy:
     """Per-tensor type choice for the UNet GGUF file.
 
-    unet_type: type for the bulk of the weights ("Q4_K", "Q8_0" or "F16").
-    fallback_type: type for a weight `unet_type` cannot hold ("Q8_0", "F16" or "F32").
+    unet_type: type for the bulk of the weights (any registered type, Q2_K … Q8_0, or F16).
+    fallback_type: type for a weight `unet_type` cannot hold (Q8_0, F16 or F32).
     keep_type: type for tensors kept unquantized ("F16" or "F32").
     keep_patterns: regexes (re.search on the diffusers key) of tensors kept as `keep_type`.
     min_elements: tensors with at most this many elements are kept as `keep_type`.
@@ -61,8 +63,8 @@ class QuantPolicy:
     reshape_convs: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice("unet_type", self.unet_type, ("Q4_K", "Q8_0", "F16"))
-        _check_choice("fallback_type", self.fallback_type, ("Q8_0", "F16", "F32"))
+        _check_choice("unet_type", self.unet_type, QUANTIZED_TYPES + ("F16",))
+        _check_choice("fallback_type", self.fallback_type, FALLBACK_TYPES + FLOAT_TYPES)
         _check_choice("keep_type", self.keep_type, FLOAT_TYPES)
         if self.min_elements < 0:
             raise ConfigError(f"QuantPolicy.min_elements must be >= 0, got {self.min_elements}.")

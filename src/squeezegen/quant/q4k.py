@@ -148,8 +148,14 @@ def _to_six_bits(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """values (B, N_SUB) ≥ 0 -> fp16 super-scale (B,) = max/63 and integers (B, N_SUB) in 0..63."""
     top = values.max(axis=1)  # (B,)
     inv = np.divide(SCALE_MAX, top, out=np.zeros_like(top), where=top > 0)  # (B,)
+    d16 = (top / SCALE_MAX).astype(np.float16)
+    # Tiny rows (|x| ~ 1e-6): top/63 is an fp16 subnormal or underflows to 0. Round the integers
+    # against the step actually stored (at least 2⁻²⁴), else the block decodes worse than zeros.
+    sub = (d16 < np.float16(2.0**-14)) & (top > 0)
+    d16 = np.where(sub & (d16 == 0), np.float16(2.0**-24), d16)
+    inv = np.where(sub, np.divide(1, d16.astype(np.float32), out=inv.copy(), where=sub), inv)
     ints = np.clip(np.rint(values * inv[:, None]), 0, SCALE_MAX)  # (B, N_SUB)
-    return (top / SCALE_MAX).astype(np.float16), ints
+    return d16, ints
 
 
 def _per_column(v16: np.ndarray) -> np.ndarray:
