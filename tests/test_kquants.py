@@ -13,9 +13,10 @@ from gguf.quants import dequantize as gguf_dequantize
 from squeezegen.errors import UserError
 from squeezegen.quant import codecs
 from squeezegen.quant.codecs import CODECS, QUANTIZED_TYPES, codec
-from squeezegen.quant.gguf_io import read_gguf, write_planned_gguf
+from squeezegen.quant.gguf_io import format_summary, read_gguf, summarize_gguf, write_planned_gguf
 from squeezegen.quant.modules import GGUFLinear
 from squeezegen.quant.policy import TensorPlan
+from test_quant_runtime import tiny_unet  # noqa: F401  (fixture: a random tiny UNet and its inputs)
 
 TYPES = sorted(CODECS, key=lambda t: t.name)
 
@@ -175,6 +176,10 @@ def test_mixed_file_decodes_like_gguf_and_runs(tmp_path, rng):
     path = tmp_path / "mixed.gguf"
     records, _ = write_planned_gguf(path, plans, tensors, {}, progress=False)
     assert [r.qtype for r in records] == [p.qtype.name for p in plans]
+    summary = summarize_gguf(path)  # what `squeezegen inspect` prints
+    assert set(summary["by_type"]) == set(QUANTIZED_TYPES)
+    assert summary["by_type"]["Q6_K"]["bytes"] * 8 / summary["by_type"]["Q6_K"]["params"] == 6.5625
+    assert "Q2_K" in format_summary(summary) and "2.625 bits/weight" in format_summary(summary)
     ours, _ = read_gguf(path)
     assert ours["conv.weight"].shape == (32, 8, 3, 3) and ours["conv.weight"].qtype == T.Q3_K
     for t in GGUFReader(path).tensors:
@@ -205,3 +210,29 @@ def test_codec_benchmark_script_writes_its_figures(tmp_path):
         assert entry["gauss"]["gguf_bit_exact"] and entry["t3"]["gguf_bit_exact"]
         assert entry["tiny_1e-6_rel_rmse"] < 1.0  # better than an all-zero block
         assert written["perf"]["types"][name]["gauss"]["weights_per_s"] > 0  # timings under perf
+
+
+@pytest.mark.parametrize("unet_type", ["Q2_K", "Q3_K", "Q5_K", "Q6_K"])
+def test_unet_file_of_each_type_loads_and_runs_what_the_file_encodes(unet_type, tiny_unet, tmp_path):
+    """The policy, writer, reader, loader and layers all take every registered type."""
+    from diffusers import UNet2DConditionModel
+    from test_quant_runtime import TINY_UNET, rel_err, run
+
+    from squeezegen.quant.gguf_io import summarize_gguf, write_unet_gguf
+    from squeezegen.quant.policy import QuantPolicy
+    from squeezegen.quant.unet_loader import load_gguf_unet
+
+    unet, folder, inputs, reference = tiny_unet
+    path = tmp_path / "unet.gguf"
+    write_unet_gguf(path, unet.state_dict(), policy=QuantPolicy(unet_type=unet_type), progress=False)
+    assert unet_type in summarize_gguf(path)["by_type"]
+    loaded = load_gguf_unet(path, config=folder)
+    tensors, _ = read_gguf(path)
+    decoded = UNet2DConditionModel(**TINY_UNET).eval()
+    decoded.load_state_dict({
+        name: torch.from_numpy(gguf_dequantize(np.array(t.data), t.qtype).reshape(t.shape))
+        for name, t in tensors.items()
+    })  # fmt: skip
+    output = run(loaded, inputs)
+    torch.testing.assert_close(output, run(decoded, inputs), rtol=1e-4, atol=1e-5)
+    assert rel_err(output, reference) < 1.0
