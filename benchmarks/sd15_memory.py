@@ -3,15 +3,19 @@
 Builds the SD 1.5-architecture pipeline from its configs (squeezegen.sd.sd15), writes it in fp16,
 quantizes its UNet to GGUF under the Q4_K policy (params.yaml's `quantize:` section if there is
 one, else the default policy) and its text encoder to int8, then runs every configuration —
-fp16, q4k_unet, q4k_unet_int8_clip, q4k_unet_int8_clip_cpu_vae — at batch 1 and writes a JSON
-file with peak allocated/reserved (CUDA) or peak RSS (CPU) per configuration, seconds per image,
-the device name, GGUF size and Q4_K fraction, and prints a table.
+fp16, q4k_unet, q4k_unet_int8_clip, q4k_unet_int8_clip_cpu_vae, q4k_unet_int8_clip_tiled_vae,
+lean, lean_cfg_batch, lean_tiny_vae and diffusers' own fp16_model_offload and
+fp16_sequential_offload — at batch 1 and writes a JSON file with peak allocated/reserved (CUDA) or
+peak RSS (CPU) per configuration, seconds per image, drift vs fp16, the attention kernels and the
+residency trace, the device name, GGUF size and Q4_K fraction; plus <out>.png (one sample per
+configuration) and <out>_frontier.png (peak memory against seconds per image), and prints a table.
 
     python benchmarks/sd15_memory.py                          # GPU: 512 px, 20 steps, guidance 7.5
     python benchmarks/sd15_memory.py --size 256 --steps 2     # CPU check (fp32, ~15 min on 2 cores)
 
-The target it checks: q4k_unet_int8_clip_cpu_vae below 1.5 GB (1.5e9 bytes) peak allocated and
-below 40% of fp16's peak, at 512 px on a GPU. Memory does not depend on the weights' values, so
+Targets it checks (defined for CUDA at 512 px): q4k_unet_int8_clip_cpu_vae below 1.5 GB and 40% of
+fp16's peak; `lean` at most 0.60 GB (6e8 bytes) peak allocated and 1.5 s per image, below
+fp16_sequential_offload's peak at ≥ 3× its speed; q4k_unet at most 1.15× fp16's seconds per image. Memory does not depend on the weights' values, so
 random weights measure real-scale memory; the images are noise and the drift numbers only say
 that the quantized pipeline computes what the fp16 one does on the same (random) weights.
 
@@ -36,6 +40,8 @@ if (ROOT / "src" / "squeezegen").is_dir() and str(ROOT / "src") not in sys.path:
 TARGET = "q4k_unet_int8_clip_cpu_vae"
 TARGET_PEAK_BYTES = 1.5e9
 TARGET_RATIO = 0.40
+LEAN_PEAK_BYTES, LEAN_SECONDS, LEAN_SPEEDUP_VS_SEQUENTIAL = 6e8, 1.5, 3.0  # issue 14's targets for `lean`
+Q4K_SPEED_RATIO = 1.15  # q4k_unet seconds per image / fp16's
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     p.add_argument("--compute-dtype", default="float16", choices=["float16", "bfloat16"], help="GPU compute dtype")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="configurations")
+    p.add_argument("--vae-tile-px", type=int, default=256, help="tiled VAE decode: tile side in px (multiple of 32)")
+    p.add_argument("--lean-text-encoder", default="cpu", choices=["cpu", "device"], help="where lean* run the int8 text encoder")
+    p.add_argument("--tiny-vae", default="config", help="lean_tiny_vae's AutoencoderTiny: config (random TAESD) | hub id | folder")
     p.add_argument("--params", default=str(ROOT / "params.yaml"), help="params.yaml whose `quantize:` policy to use")
     p.add_argument("--work-dir", default=None, help="where the ~3 GB of temporary model files go (default: $TMPDIR)")
     p.add_argument("--files", default=None, help="keep the SD 1.5 + quantized files in this folder and reuse them if present")
@@ -57,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.size % 8:
         p.error("--size must be a multiple of 8")
+    if args.vae_tile_px <= 0 or args.vae_tile_px % 32:
+        p.error("--vae-tile-px must be a positive multiple of 32")
     if "fp16" not in args.configs:
         p.error("--configs must include fp16 (the baseline of every ratio)")
     return args
@@ -105,12 +116,16 @@ def main(argv: list[str] | None = None) -> dict:
         job = bench.BenchmarkJob(
             base_dir=str(base_dir), lora_dir=None, quant_dir=str(quant_dir), device=device,
             compute_dtype=args.compute_dtype, seed=args.seed, steps=args.steps, size=args.size,
-            guidance=args.guidance, repeats=args.repeats,
+            guidance=args.guidance, repeats=args.repeats, vae_tile_px=args.vae_tile_px,
+            lean_text_encoder=args.lean_text_encoder, tiny_vae=args.tiny_vae,
         )
         results = {}
         for name in args.configs:  # one at a time, so a run cut short still shows what it measured
             results.update(bench.run_configs([name], job))
             m = results[name]["metrics"]
+            if "skipped" in m:
+                print(f"[sd15_memory] {name}: skipped — {m['skipped']}", flush=True)
+                continue
             print(f"[sd15_memory] {name}: peak {m['peak_bytes'] / 2**20:,.0f} MiB "
                   f"(reserved {(m['peak_reserved'] or 0) / 2**20:,.0f} MiB), {m['seconds_per_image']:.2f} s/image", flush=True)
     images = {name: result["images"] for name, result in results.items()}
@@ -141,10 +156,15 @@ def main(argv: list[str] | None = None) -> dict:
             "applies": device.startswith("cuda") and args.size == 512,
         }
 
+    summary["targets"] = lean_targets(summary, applies=device.startswith("cuda") and args.size == 512)
+
+    from squeezegen.files import atomic_write_text
+
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"sd15_memory_{device.split(':')[0]}_{args.size}px.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     bench.samples_strip(images, str(out.with_suffix(".png")))
+    bench.frontier_chart(summary, str(out.with_name(out.stem + "_frontier.png")))
 
     print(bench.memory_table(summary))
     print(
@@ -159,8 +179,32 @@ def main(argv: list[str] | None = None) -> dict:
             f"{t['ratio_vs_fp16']:.1%} of fp16 (< 40%: {t['below_40_percent']})"
             + ("" if t["applies"] else "  [target is defined for CUDA at 512 px]")
         )
-    print(f"wrote {out} ({summary['total_seconds']:.0f} s in all)")
+    for name, t in summary["targets"].items():
+        print(f"target {name}: {t}")
+    print(f"wrote {out}, {out.with_suffix('.png').name}, {out.stem}_frontier.png ({summary['total_seconds']:.0f} s in all)")
     return summary
+
+
+def lean_targets(summary: dict, *, applies: bool) -> dict:
+    """Issue 14's targets, each with the figures it compares (None where a configuration did not run)."""
+    def ran(name: str) -> dict | None:
+        m = summary.get(name)
+        return m if m and "skipped" not in m else None
+
+    lean, seq, fp16, q4k = ran("lean"), ran("fp16_sequential_offload"), ran("fp16"), ran("q4k_unet")
+    out: dict = {"applies": applies}
+    if lean:
+        out["lean"] = {"peak_bytes": lean["peak_bytes"], "seconds_per_image": lean["seconds_per_image"],
+                       "peak_at_most_0_60_GB": lean["peak_bytes"] <= LEAN_PEAK_BYTES,
+                       "at_most_1_5_s": lean["seconds_per_image"] <= LEAN_SECONDS}
+    if lean and seq:
+        speedup = seq["seconds_per_image"] / lean["seconds_per_image"]
+        out["lean_vs_sequential_offload"] = {"peak_below": lean["peak_bytes"] < seq["peak_bytes"], "speedup": speedup,
+                                             "speedup_at_least_3x": speedup >= LEAN_SPEEDUP_VS_SEQUENTIAL}
+    if q4k and fp16:
+        ratio = q4k["seconds_per_image"] / fp16["seconds_per_image"]
+        out["q4k_unet_speed"] = {"ratio_vs_fp16": ratio, "at_most_1_15x": ratio <= Q4K_SPEED_RATIO}
+    return out
 
 
 if __name__ == "__main__":

@@ -60,3 +60,25 @@ def test_lora_memory_rejects_unknown_variants():
     bench = load_script("sd15_lora_memory")
     with pytest.raises(SystemExit):
         bench.parse_args(["--variants", "fastest"])
+
+
+def test_sd15_memory_runs_every_configuration_by_default_and_checks_the_lean_targets():
+    from squeezegen.sd.compressed import CONFIGS
+
+    bench = load_script("sd15_memory")
+    args = bench.parse_args([])
+    assert args.configs == list(CONFIGS) and args.vae_tile_px == 256 and args.lean_text_encoder == "cpu"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--vae-tile-px", "100"])
+    summary = {
+        "fp16": {"peak_bytes": 2.8e9, "seconds_per_image": 0.65},
+        "q4k_unet": {"peak_bytes": 1.6e9, "seconds_per_image": 0.70},
+        "lean": {"peak_bytes": 5.5e8, "seconds_per_image": 1.2},
+        "fp16_sequential_offload": {"peak_bytes": 8.0e8, "seconds_per_image": 6.0},
+    }
+    t = bench.lean_targets(summary, applies=True)
+    assert t["lean"]["peak_at_most_0_60_GB"] and t["lean"]["at_most_1_5_s"]
+    assert t["lean_vs_sequential_offload"] == {"peak_below": True, "speedup": 5.0, "speedup_at_least_3x": True}
+    assert math.isclose(t["q4k_unet_speed"]["ratio_vs_fp16"], 0.70 / 0.65) and t["q4k_unet_speed"]["at_most_1_15x"]
+    summary["fp16_sequential_offload"] = {"skipped": "no accelerator"}
+    assert "lean_vs_sequential_offload" not in bench.lean_targets(summary, applies=False)

@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from squeezegen.errors import UserError
-from squeezegen.sd.compressed import CONFIGS, build_pipeline, generate, generate_compressed, quantize_pipeline
+from squeezegen.sd.compressed import build_pipeline, generate, generate_compressed, quantize_pipeline
 
+# each saving on its own, and the phase-resident pipeline with the same recipe as the tiled one
+CONFIGS = ("fp16", "q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_clip_cpu_vae", "q4k_unet_int8_clip_tiled_vae",
+           "lean_cfg_batch", "lean")
 SIZE, STEPS = 64, 3  # the toy size: at 32 px the tiny latent (4×4) makes a random UNet chaotic
 PROMPT = "an impressionist landscape painting"
 
@@ -57,7 +60,8 @@ def runs(files):
     """Each configuration built once; images for seeds 0 and 1 (same prompt)."""
     out = {}
     for name in CONFIGS:
-        bundle = build_pipeline(name, base_dir=files["base"], lora_dir=files["lora"], quant_dir=files["quant"], device="cpu")
+        bundle = build_pipeline(name, base_dir=files["base"], lora_dir=files["lora"], quant_dir=files["quant"], device="cpu",
+                                vae_tile_px=32)
         result = generate(bundle, [PROMPT, PROMPT], [0, 1], steps=STEPS, size=SIZE)
         out[name] = {"bundle": bundle, "result": result, "resident": bundle.resident_bytes()}
     return out
@@ -145,7 +149,7 @@ def test_resident_bytes_shrink_with_each_saving(runs):
 def test_quantized_images_stay_close_to_fp16_while_seeds_differ(runs):
     ref = runs["fp16"]["result"].images
     between_seeds = _psnr(ref[0], ref[1])
-    for name in CONFIGS[1:]:
+    for name in ("q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_clip_cpu_vae"):  # untiled VAE
         images = runs[name]["result"].images
         for seed in (0, 1):
             drift = _psnr(images[seed], ref[seed])
@@ -171,3 +175,18 @@ def test_bad_configuration_or_missing_files_are_user_errors(files, tmp_path):
         build_pipeline("q4k_unet", base_dir=files["base"], quant_dir=tmp_path / "nothing", device="cpu")
     with pytest.raises(UserError, match="fetch_base"):
         build_pipeline("fp16", base_dir=tmp_path / "no_base", device="cpu")
+
+
+def test_phase_residency_computes_the_same_bits_as_the_resident_pipeline(runs):
+    """Same weights, same recipe: only where the weights live differs (on a CPU nothing moves, the
+    schedule is still recorded). Serial CFG (`lean`) is the same math in two UNet calls."""
+    lean_batch, tiled = runs["lean_cfg_batch"], runs["q4k_unet_int8_clip_tiled_vae"]
+    for a, b in zip(lean_batch["result"].images, tiled["result"].images):
+        assert np.array_equal(_pixels(a), _pixels(b))
+    for a, b in zip(runs["lean"]["result"].images, lean_batch["result"].images):
+        assert np.abs(_pixels(a) - _pixels(b)).max() <= 2  # float summation order only: ≤ 2/255
+    trace = lean_batch["bundle"].residency.trace
+    assert trace.schedule() == [("encode", ()), ("denoise", ("unet",)), ("decode", ("vae",))] * 2  # two images
+    assert [e["calls"] for e in trace.events] == [2, STEPS, 1] * 2  # encode: cond + uncond prompt
+    assert all(e["runs_on"] == ("cpu") for e in trace.events)
+    assert runs["lean"]["bundle"].pipe.text_encoder.device.type == "cpu"

@@ -126,18 +126,26 @@ BENCHMARK_CONFIGS = ("fp16", "q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_cl
 class BenchmarkConfig:
     """benchmark."""
 
-    configs: tuple[Literal["fp16", "q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_clip_cpu_vae"], ...]
+    configs: tuple[Literal["fp16", "q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_clip_cpu_vae",
+                           "q4k_unet_int8_clip_tiled_vae", "lean", "lean_cfg_batch", "lean_tiny_vae",
+                           "fp16_model_offload", "fp16_sequential_offload"], ...]
     compute_dtype: Literal["float16", "bfloat16", "float32"]
     guidance_scale: float = _range(0.0)
     repeats: int = _range(1)
     arch: Literal["pipeline", "sd15"] = "pipeline"
     size: int = _range(8)
+    vae_tile_px: int = _range(32)
+    lean_text_encoder: Literal["cpu", "device"] = "cpu"
+    tiny_vae: str = "config"
 
     def check(self, path: str) -> None:
         if "fp16" not in self.configs:
             raise ConfigError(f"{path}.configs: must include 'fp16' (the baseline every drift and ratio is measured against)")
         if self.size % 8:
             raise ConfigError(f"{path}.size: must be a multiple of 8, got {self.size}")
+        if self.vae_tile_px % 32:
+            raise ConfigError(f"{path}.vae_tile_px: must be a multiple of 32 (4 latent pixels: diffusers' tiled "
+                              f"decode keeps the image size only then), got {self.vae_tile_px}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,7 @@ METRICS_STAGES: dict[str, str] = {
 OTHER_INPUTS: dict[str, str] = {
     "reports/lora/samples.png": "finetune_lora",
     "reports/benchmark/memory.png": "benchmark",
+    "reports/benchmark/frontier.png": "benchmark",
     "reports/benchmark/samples.png": "benchmark",
     "reports/refiner/progressive.png": "train_refiner",
     "models/base": "fetch_base",
@@ -45,8 +46,8 @@ OTHER_INPUTS: dict[str, str] = {
 SD_SAMPLES = "evaluate/sd_samples.png"  # drawn by the evaluate stage, relative to reports/
 # every picture the report shows, relative to reports/ (where report.md lives)
 GENERATION_PICTURES = ("evaluate/generation.png", "evaluate/rq_scores.png")  # drawn by evaluate too
-PICTURES = (SD_SAMPLES, *GENERATION_PICTURES, "benchmark/memory.png", "benchmark/samples.png", "lora/samples.png",
-            "refiner/progressive.png")
+PICTURES = (SD_SAMPLES, *GENERATION_PICTURES, "benchmark/memory.png", "benchmark/frontier.png", "benchmark/samples.png",
+            "lora/samples.png", "refiner/progressive.png")
 REFERENCE = "fp16"
 COMPRESSED = "q4k_unet_int8_clip_cpu_vae"
 RGB_BITS_PER_PIXEL = 24  # an uncompressed 8-bit RGB pixel, the yardstick for bits per image
@@ -257,14 +258,18 @@ def _headline_section(head: Mapping[str, Mapping[str, Any]], metrics: Mapping[st
 def _sd_memory_table(bench: Mapping[str, Any]) -> str:
     cuda = bench.get("device_type") == "cuda"
     lp = bench.get("lpips_metric", "lpips")
-    header = ["configuration", "computes in", "VAE on", "peak allocated" if cuda else "peak RSS", "vs fp16",
+    header = ["configuration", "computes in", "VAE on", "placement, CFG, attention", "peak allocated" if cuda else "peak RSS", "vs fp16",
               "peak reserved" if cuda else "RSS above start", "weights resident", "vs fp16", "s / image",
               "PSNR vs fp16", f"{lp} vs fp16"]
     rows = []
     for name in bench.get("configs", []):
         m = bench[name]
+        how = ", ".join(str(m.get(k, d)) for k, d in (("placement", "resident"), ("cfg", "batch"), ("attention", "sdpa")))
+        if "skipped" in m:
+            rows.append([f"`{name}`", "—", "—", how, f"skipped: {m['skipped']}", *["—"] * (len(header) - 5)])
+            continue
         rows.append([
-            f"`{name}`", m.get("compute_dtype", "—"), m.get("vae_device", "—"), fmt_bytes(m.get("peak_bytes")),
+            f"`{name}`", m.get("compute_dtype", "—"), m.get("vae_device", "—"), how, fmt_bytes(m.get("peak_bytes")),
             fmt_ratio(m.get("peak_mem_ratio")), fmt_bytes(m.get("peak_reserved") if cuda else m.get("peak_rss_above_baseline")),
             fmt_bytes(m.get("weights_bytes")), fmt_ratio(m.get("weights_ratio")), fmt_num(m.get("seconds_per_image")),
             fmt_db(m.get("psnr")) if name != REFERENCE else "—", fmt_num(m.get(lp), ".4f") if name != REFERENCE else "—",
@@ -409,6 +414,9 @@ def build_report(
         "### Memory, speed and drift per configuration",
         _sd_memory_table(bench),
         "![peak memory per configuration](benchmark/memory.png)",
+        "Peak memory against seconds per image, one point per configuration (lower left is better; squares are "
+        "diffusers' own offloading, what a diffusers user would do instead):",
+        "![peak memory vs seconds per image](benchmark/frontier.png)",
         "### Where the bytes are",
         _sd_bytes_tables(metrics["quantize"], bench),
         "### Samples: compressed vs uncompressed",

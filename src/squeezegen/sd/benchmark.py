@@ -5,6 +5,10 @@ one prompt/seed each; seeds and initial noise are the same for every configurati
 measured around the timed images only (see `compressed.generate`), after the previous
 configuration was freed.
 
+Skips: diffusers' offloading is built for an accelerator. On a CPU run an offload configuration that
+raises is recorded as skipped, with the error as its reason, instead of failing the stage; on a
+GPU every error propagates.
+
 Isolation: on a CPU each configuration runs in its own child process (forked from a
 forkserver that has imported torch and diffusers once), because glibc keeps freed heap pages
 mapped, so a second configuration in the same process would inherit the first one's resident
@@ -17,7 +21,9 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import multiprocessing
+import traceback
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,7 +33,7 @@ from PIL import Image
 from squeezegen.data.captions import GENRES, STYLES, caption_for
 from squeezegen.memory import device_name, free_memory
 from squeezegen.quant.modules import q4k_decoder
-from squeezegen.sd.compressed import CONFIGS, build_pipeline, generate
+from squeezegen.sd.compressed import CONFIGS, DEFAULT_TILE_PX, OFFLOAD_PLACEMENTS, SPECS, build_pipeline, generate
 
 REFERENCE = "fp16"
 WARMUP_SEED_OFFSET = 10_000  # the warm-up image's seed: far from the timed ones
@@ -44,6 +50,9 @@ PRELOAD = (
     "squeezegen.sd.benchmark",
     "squeezegen.quant.unet_loader",
     "squeezegen.quant.int8",
+    "squeezegen.sd.lean",
+    "squeezegen.sd.residency",
+    "accelerate.hooks",
 )
 
 
@@ -66,6 +75,9 @@ class BenchmarkJob:
     size: int
     guidance: float
     repeats: int
+    vae_tile_px: int = DEFAULT_TILE_PX
+    lean_text_encoder: str = "cpu"
+    tiny_vae: str = "config"
 
     def timed_inputs(self) -> tuple[list[str], list[int]]:
         prompts = benchmark_prompts(self.repeats)
@@ -81,8 +93,32 @@ def _png(image: Image.Image) -> bytes:
 def run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
     """Build, warm up and time one configuration in this process.
 
-    Returns {"metrics": JSON-ready numbers, "images": PNG bytes (warm-up first, then timed)}.
+    Returns {"metrics": JSON-ready numbers, "images": PNG bytes (warm-up first, then timed)}; for a
+    configuration skipped on a CPU (see the module doc), {"metrics": {"skipped": reason, ...}, "images": []}.
     """
+    device = torch.device(job.device)
+    spec = SPECS[config_name]
+    try:
+        return _run_config(config_name, job)
+    except Exception as err:
+        if device.type != "cpu" or spec.placement not in OFFLOAD_PLACEMENTS:
+            raise
+        free_memory(device)
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        reason = (f"diffusers' {spec.placement.replace('_', ' ')} failed with the CPU as its execution device: "
+                  f"{type(err).__name__} in {Path(where.filename).parent.name}/{Path(where.filename).name}:{where.name} "
+                  f"({str(err).splitlines()[0][:100]})")
+        return {"metrics": {"skipped": reason, **_spec_fields(spec, device)}, "images": []}
+
+
+def _spec_fields(spec: Any, device: torch.device) -> dict[str, Any]:
+    return {"placement": spec.placement, "cfg": spec.cfg, "attention": spec.attention, "vae": spec.vae,
+            "device": str(device), "device_name": device_name(device)}
+
+
+def _run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
+    from squeezegen.sd.lean import attention_processors, record_sdpa_backends
+
     device = torch.device(job.device)
     free_memory(device)
     bundle = build_pipeline(
@@ -92,19 +128,36 @@ def run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
         quant_dir=job.quant_dir,
         device=device,
         compute_dtype=job.compute_dtype,
+        vae_tile_px=job.vae_tile_px,
+        lean_text_encoder=job.lean_text_encoder,
+        tiny_vae=job.tiny_vae,
+        seed=job.seed,
     )
     resident = bundle.resident_bytes()
     prompts, seeds = job.timed_inputs()
     common = dict(steps=job.steps, size=job.size, guidance=job.guidance)
-    warmup = generate(bundle, prompts[:1], [job.seed + WARMUP_SEED_OFFSET], **common)
+    with record_sdpa_backends() as sdpa_calls:  # which attention kernels ran (warm-up only: not timed)
+        warmup = generate(bundle, prompts[:1], [job.seed + WARMUP_SEED_OFFSET], **common)
+    if bundle.residency is not None:
+        bundle.residency.trace.clear()  # the trace of the timed images only
     timed = generate(bundle, prompts, seeds, **common)
     peak = timed.peak()
     load = bundle.load_peak
+    trace = bundle.residency.trace.as_dicts() if bundle.residency is not None else None
     metrics = {
         "device_name": peak["device_name"],
         "device": str(device),
         "compute_dtype": str(bundle.dtype).removeprefix("torch."),
         "vae_device": str(bundle.vae_device),
+        **{k: v for k, v in _spec_fields(bundle.spec, device).items() if k not in ("device", "device_name")},
+        "attention_processors": attention_processors(bundle.pipe),
+        "sdpa_kernels": dict(sdpa_calls),  # per F.scaled_dot_product_attention call of one image
+        "vae_tile_px": job.vae_tile_px if bundle.spec.vae == "tiled" else None,
+        "text_encoder_on": ("cpu" if job.lean_text_encoder == "cpu" else str(device)) if bundle.spec.placement == "phase" else None,
+        # the schedule as it ran (timings apart: they go to perf, so two runs' traces compare equal)
+        "residency_trace": [{k: v for k, v in e.items() if k != "move_seconds"} for e in trace] if trace is not None else None,
+        "residency_move_seconds": sum(e["move_seconds"] for e in trace) if trace is not None else None,
+        "notes": bundle.notes,
         "peak_bytes": peak["peak_bytes"],
         "peak_allocated": peak["peak_allocated"],
         "peak_reserved": peak["peak_reserved"],
@@ -116,8 +169,9 @@ def run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
         "load_seconds": bundle.load_seconds,
         "resident_bytes": {name: entry["bytes"] for name, entry in resident.items()},
         "weights_bytes": resident["total"]["bytes"],
-        # On a GPU the CPU VAE's fp32 weights count in weights_bytes but not here.
-        "device_weights_bytes": sum(
+        # Weights kept on the device between images: the CPU VAE's fp32 weights, and everything an
+        # offloading configuration parks on the CPU, count in weights_bytes but not here.
+        "device_weights_bytes": 0 if bundle.spec.placement != "resident" and device.type != "cpu" else sum(
             n for where, n in resident["total"]["by_device"].items() if torch.device(where).type == device.type
         ),
         "phases": {
@@ -190,7 +244,7 @@ def image_drift(
         return out
 
     ref = images[reference]
-    drift = {name: compare(imgs, ref) for name, imgs in images.items() if name != reference}
+    drift = {name: compare(imgs, ref) for name, imgs in images.items() if name != reference and imgs}
     if len(ref) >= 2:
         drift[reference] = {f"{k}_other_seed": v for k, v in compare(ref[:1], ref[1:2]).items()}
     return drift
@@ -209,6 +263,9 @@ def summarize(
     out: dict[str, Any] = {}
     for name, result in results.items():
         m = dict(result["metrics"])
+        if "skipped" in m:
+            out[name] = m
+            continue
         m.update(drift.get(name, {}))
         m["peak_mem_ratio"] = m["peak_bytes"] / ref["peak_bytes"] if ref["peak_bytes"] else None
         m["weights_ratio"] = m["weights_bytes"] / ref["weights_bytes"] if ref["weights_bytes"] else None
@@ -224,6 +281,7 @@ def summarize(
         q4k_decoder=q4k_decoder(torch.device(job.device)),  # the same for every configuration of a run
         settings={k: v for k, v in asdict(job).items() if k not in ("base_dir", "lora_dir", "quant_dir")},
         configs=list(results),
+        skipped={name: r["metrics"]["skipped"] for name, r in results.items() if "skipped" in r["metrics"]},
     )
     out.update(extra or {})
     return out
@@ -240,12 +298,28 @@ def _num(x: float | None, fmt: str) -> str:
     return "—" if x is None else format(x, fmt)
 
 
+def measured(summary: dict[str, Any]) -> list[str]:
+    """The configurations that ran (not skipped), in order."""
+    return [n for n in summary["configs"] if "skipped" not in summary[n]]
+
+
+def _how(m: dict[str, Any]) -> str:
+    """placement · CFG · attention, in a few words."""
+    parts = [m.get("placement", "resident")]
+    if m.get("text_encoder_on") == "cpu":
+        parts.append("text encoder on CPU")
+    parts += [f"CFG {m.get('cfg', 'batch')}", m.get("attention", "sdpa")]
+    if m.get("vae_tile_px"):
+        parts.append(f"VAE tiles {m['vae_tile_px']} px")
+    return ", ".join(parts)
+
+
 def memory_table(summary: dict[str, Any], lpips_name: str = "lpips") -> str:
-    """The benchmark as a markdown table (MiB = 2^20 bytes)."""
+    """The benchmark as a markdown table (MiB = 2^20 bytes); skipped configurations say why."""
     cuda = summary["device_type"] == "cuda"
     peak_label = "peak allocated (MiB)" if cuda else "peak RSS (MiB)"
     head = [
-        "configuration", peak_label, "vs fp16", "peak reserved (MiB)" if cuda else "RSS above start (MiB)",
+        "configuration", "how", peak_label, "vs fp16", "peak reserved (MiB)" if cuda else "RSS above start (MiB)",
         "weights resident (MiB)", *(["weights on GPU (MiB)"] if cuda else []), "s / image",
         "PSNR vs fp16 (dB)", f"{lpips_name} vs fp16",
     ]
@@ -259,8 +333,12 @@ def memory_table(summary: dict[str, Any], lpips_name: str = "lpips") -> str:
     ]
     for name in summary["configs"]:
         m = summary[name]
+        if "skipped" in m:
+            lines.append("| " + " | ".join([f"`{name}`", _how(m), f"skipped: {m['skipped']}", *["—"] * (len(head) - 3)]) + " |")
+            continue
         row = [
             f"`{name}`",
+            _how(m),
             _mib(m["peak_bytes"]),
             _num(m["peak_mem_ratio"], ".2f"),
             _mib(m["peak_reserved"] if cuda else m.get("peak_rss_above_baseline")),
@@ -275,9 +353,16 @@ def memory_table(summary: dict[str, Any], lpips_name: str = "lpips") -> str:
     if "psnr_other_seed" in ref:
         lines += ["", f"Scale: two fp16 images of the same prompt with different seeds differ by "
                       f"PSNR {ref['psnr_other_seed']:.1f} dB."]
+    kernels = {n: summary[n].get("sdpa_kernels") for n in measured(summary) if summary[n].get("sdpa_kernels") is not None}
+    if kernels:
+        lines += ["", "Attention kernels picked by PyTorch per `scaled_dot_product_attention` call (one image): "
+                  + "; ".join(f"`{n}` " + (", ".join(f"{k} ×{v}" for k, v in k_.items()) or "none (sliced attention)")
+                              for n, k_ in kernels.items()) + "."]
+    notes = sorted({note for n in measured(summary) for note in summary[n].get("notes") or []})
+    lines += ["", *(f"Note: {note}." for note in notes)] if notes else []
     if not cuda:
         lines += ["", "CPU: peak RSS is the whole process (Python and libraries included; "
-                      f"measured with {summary[summary['configs'][0]]['rss_method']}); weights resident are exact tensor bytes."]
+                      f"measured with {summary[measured(summary)[0]]['rss_method']}); weights resident are exact tensor bytes."]
     return "\n".join(lines) + "\n"
 
 
@@ -288,7 +373,7 @@ def memory_chart(summary: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = summary["configs"]
+    names = measured(summary)
     cuda = summary["device_type"] == "cuda"
     series = [("peak allocated" if cuda else "peak RSS", [summary[n]["peak_bytes"] for n in names])]
     if cuda:
@@ -300,12 +385,52 @@ def memory_chart(summary: dict[str, Any], path: str) -> None:
     for i, (label, values) in enumerate(series):
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, np.array(values) / 2**20, width, label=label)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    labels = [n.replace("_int8_clip", "\n+ int8 clip").replace("_cpu_vae", "\n+ cpu vae") for n in names]
+    labels = [_label(n) for n in names]
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("MiB")
     ax.set_title(f"{summary['arch']} · {summary['settings']['size']} px · {summary['device']}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _label(name: str) -> str:
+    return (name.replace("_int8_clip", "\n+ int8 clip").replace("_cpu_vae", "\n+ cpu vae").replace("_tiled_vae", "\n+ tiled vae")
+            .replace("_offload", "\noffload").replace("lean_", "lean\n"))
+
+
+def frontier_chart(summary: dict[str, Any], path: str) -> None:
+    """Peak memory (x) against seconds per image (y), one labelled point per configuration; skipped
+    configurations are listed under the plot with their reason. Lower left is better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = measured(summary)
+    cuda = summary["device_type"] == "cuda"
+    x = np.array([summary[n]["peak_bytes"] for n in names], dtype=float) / 2**20
+    y = np.array([summary[n]["seconds_per_image"] for n in names], dtype=float)
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    ours = [n for n in names if summary[n].get("placement") not in OFFLOAD_PLACEMENTS]
+    for group, marker, label in ((ours, "o", "squeezegen configurations"),
+                                 ([n for n in names if n not in ours], "s", "diffusers' offloading (peers)")):
+        idx = [names.index(n) for n in group]
+        if idx:
+            ax.scatter(x[idx], y[idx], marker=marker, s=46, label=label)
+    for xi, yi, name in zip(x, y, names):
+        ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xlabel(("peak allocated" if cuda else "peak RSS (whole process)") + " (MiB)")
+    ax.set_ylabel("seconds per image")
+    ax.set_title(f"{summary['arch']} · {summary['settings']['size']} px · {summary['settings']['steps']} steps · "
+                 f"{summary['device']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    skipped = summary.get("skipped") or {}
+    if skipped:
+        fig.text(0.01, 0.01, "\n".join(f"skipped {n}: {r[:110]}" for n, r in skipped.items()), fontsize=6, va="bottom")
+    fig.tight_layout(rect=(0, 0.04 * len(skipped), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -317,6 +442,7 @@ def samples_strip(images: dict[str, list[bytes]], path: str, *, index: int = 1) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    images = {name: pngs for name, pngs in images.items() if pngs}  # skipped configurations drew nothing
     fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 3.0), squeeze=False)
     for ax, (name, pngs) in zip(axes[0], images.items()):
         ax.imshow(Image.open(io.BytesIO(pngs[min(index, len(pngs) - 1)])).convert("RGB"))
@@ -330,5 +456,5 @@ def samples_strip(images: dict[str, list[bytes]], path: str, *, index: int = 1) 
 def memory_csv(summary: dict[str, Any]) -> str:
     """`config,peak_bytes,weights_bytes` rows for the DVC bar plot."""
     rows = ["config,peak_bytes,weights_bytes"]
-    rows += [f"{n},{summary[n]['peak_bytes']},{summary[n]['weights_bytes']}" for n in summary["configs"]]
+    rows += [f"{n},{summary[n]['peak_bytes']},{summary[n]['weights_bytes']}" for n in measured(summary)]
     return "\n".join(rows) + "\n"

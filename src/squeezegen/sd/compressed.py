@@ -8,7 +8,17 @@ Configurations (each adds one saving to the previous):
   its Linear and Conv2d weights kept packed and dequantized layer by layer; the rest as fp16;
 - `q4k_unet_int8_clip`: + the 8-bit CLIP text encoder from `quant_dir/text_encoder/`;
 - `q4k_unet_int8_clip_cpu_vae`: + the VAE kept on the CPU in fp32: latents are generated on the
-  device (`output_type="latent"`), moved to the CPU and decoded there.
+  device (`output_type="latent"`), moved to the CPU and decoded there;
+- `q4k_unet_int8_clip_tiled_vae`: instead, the VAE on the device in half precision, decoding in
+  tiles of `vae_tile_px` (diffusers' AutoencoderKL tiling);
+- `lean`: that, plus phase residency (`sd.residency`: each component on the device only for its
+  phase; the 8-bit text encoder runs on the CPU unless `lean_text_encoder="device"`) and
+  classifier-free guidance as two UNet passes of batch 1; `lean_cfg_batch`: the same with one pass
+  of batch 2; `lean_tiny_vae`: `lean` with a tiny decoder (AutoencoderTiny, `tiny_vae`);
+- peers, what a diffusers user would reach for: `fp16_model_offload` (`enable_model_cpu_offload`)
+  and `fp16_sequential_offload` (`enable_sequential_cpu_offload` + attention slicing).
+
+Every configuration's recipe is a `ConfigSpec` in `SPECS`.
 
 The prompt is encoded separately (`pipe.encode_prompt`) and the embeddings are cast to the
 UNet's compute dtype: the 8-bit text encoder returns its own dtype. Initial noise comes from a
@@ -30,7 +40,38 @@ from PIL import Image
 from squeezegen.errors import UserError
 from squeezegen.memory import PeakMemory, component_bytes, free_memory, measure_peak
 
-CONFIGS = ("fp16", "q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_clip_cpu_vae")
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """One configuration's recipe. unet: fp16 | q4k; text_encoder: fp16 | int8; vae: device (as loaded) |
+    cpu (fp32 on the CPU) | tiled (device, tiled decode) | tiny (AutoencoderTiny, device); placement:
+    resident (all on the device) | phase (sd.residency) | model_offload | sequential_offload
+    (diffusers' own); cfg: batch (one UNet pass of 2) | serial (two of 1); attention: sdpa | sliced."""
+
+    unet: str
+    text_encoder: str
+    vae: str
+    placement: str = "resident"
+    cfg: str = "batch"
+    attention: str = "sdpa"
+
+
+SPECS: dict[str, ConfigSpec] = {
+    "fp16": ConfigSpec("fp16", "fp16", "device"),
+    "q4k_unet": ConfigSpec("q4k", "fp16", "device"),
+    "q4k_unet_int8_clip": ConfigSpec("q4k", "int8", "device"),
+    "q4k_unet_int8_clip_cpu_vae": ConfigSpec("q4k", "int8", "cpu"),
+    "q4k_unet_int8_clip_tiled_vae": ConfigSpec("q4k", "int8", "tiled"),
+    "lean": ConfigSpec("q4k", "int8", "tiled", "phase", cfg="serial"),
+    "lean_cfg_batch": ConfigSpec("q4k", "int8", "tiled", "phase", cfg="batch"),
+    "lean_tiny_vae": ConfigSpec("q4k", "int8", "tiny", "phase", cfg="serial"),
+    "fp16_model_offload": ConfigSpec("fp16", "fp16", "device", "model_offload"),
+    "fp16_sequential_offload": ConfigSpec("fp16", "fp16", "device", "sequential_offload", attention="sliced"),
+}
+CONFIGS = tuple(SPECS)
+OFFLOAD_PLACEMENTS = ("model_offload", "sequential_offload")  # diffusers' own: need an accelerator to mean anything
+DEFAULT_TILE_PX = 256  # tiled VAE decode: tile side in image px (SD 1.5 at 512 px → 3×3 overlapping tiles)
 GGUF_NAME = "unet.gguf"
 TEXT_ENCODER_DIR = "text_encoder"
 PHASES = ("encode", "denoise", "decode")
@@ -60,10 +101,15 @@ class PipelineBundle:
     vae_dtype: torch.dtype
     load_seconds: float = 0.0
     load_peak: PeakMemory | None = None
+    spec: ConfigSpec | None = None
+    residency: Any = None  # sd.residency.PhaseResidency for placement "phase"
+    resident: dict[str, dict[str, Any]] | None = None  # component_bytes before offload hooks moved anything
+    notes: list[str] = field(default_factory=list)
 
     def resident_bytes(self) -> dict[str, dict[str, Any]]:
-        """Exact bytes of the tensors each component keeps resident (see memory.component_bytes)."""
-        return component_bytes(self.pipe)
+        """Exact bytes of the tensors each component keeps resident (see memory.component_bytes);
+        for offloaded configurations, as loaded (on the CPU) before the hooks took over."""
+        return self.resident if self.resident is not None else component_bytes(self.pipe)
 
 
 @dataclass
@@ -162,68 +208,108 @@ def build_pipeline(
     quant_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     compute_dtype: str | torch.dtype = "float16",
+    vae_tile_px: int = DEFAULT_TILE_PX,
+    lean_text_encoder: str = "cpu",
+    tiny_vae: str = "config",
+    seed: int = 0,
 ) -> PipelineBundle:
     """Build the pipeline of configuration `config_name` (one of CONFIGS; see the module doc).
 
     base_dir: a diffusers StableDiffusionPipeline folder (tokenizer, scheduler, VAE, text encoder
     and, for fp16, the UNet). lora_dir: LoRA weights fused into the fp16 UNet (the q4k UNet already
-    has them). quant_dir: the quantize stage's folder (unet.gguf, text_encoder/). The load is
+    has them). quant_dir: the quantize stage's folder (unet.gguf, text_encoder/). vae_tile_px: tile
+    side of the tiled decode; lean_text_encoder: where `lean*` run the 8-bit text encoder (cpu |
+    device); tiny_vae / seed: the AutoencoderTiny source (`sd.lean.build_tiny_vae`). The load is
     measured with `measure_peak` (bundle.load_peak). Raises UserError for a missing folder.
     """
-    from squeezegen.quant.int8 import load_text_encoder_int8
-    from squeezegen.quant.unet_loader import load_gguf_unet
+    from squeezegen.sd import lean
 
     if config_name not in CONFIGS:
         raise UserError(f"unknown pipeline configuration {config_name!r}; choose one of {', '.join(CONFIGS)}")
+    if lean_text_encoder not in ("cpu", "device"):
+        raise UserError(f"lean_text_encoder {lean_text_encoder!r}: choose cpu or device")
+    spec = SPECS[config_name]
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(device, compute_dtype)
     base_dir = _check_dir(Path(base_dir), "base pipeline folder", "run `dvc repro fetch_base` first")
-    cpu_vae = config_name.endswith("_cpu_vae")
-    vae_device, vae_dtype = (torch.device("cpu"), torch.float32) if cpu_vae else (device, dtype)
+    vae_device, vae_dtype = (torch.device("cpu"), torch.float32) if spec.vae == "cpu" else (device, dtype)
+    te_on_cpu = spec.placement == "phase" and lean_text_encoder == "cpu"
+    # Phase residency and diffusers' offloading start from the CPU; the hooks move things in.
+    load_device = device if spec.placement == "resident" else torch.device("cpu")
 
     free_memory(device)
     start = time.perf_counter()
     with measure_peak(device) as load_peak, _quiet_loading():
-        if config_name == "fp16":
-            pipe = _load_sd_pipeline(base_dir, dtype)
-            if lora_dir is not None:
-                _fuse_lora(pipe, _check_dir(Path(lora_dir), "LoRA folder", "run `dvc repro finetune_lora` first"))
-            pipe.to(device)
-        else:
-            if quant_dir is None:
-                raise UserError(f"configuration {config_name} needs quant_dir (the quantize stage's output folder)")
-            quant_dir = _check_dir(Path(quant_dir), "quantized model folder", "run `dvc repro quantize` first")
-            gguf = _check_dir(quant_dir / GGUF_NAME, "GGUF UNet", "run `dvc repro quantize` first")
-            components: dict[str, Any] = {
-                "unet": load_gguf_unet(gguf, config=base_dir, device=device, compute_dtype=dtype)
-            }
-            if "int8_clip" in config_name:
-                te_dir = _check_dir(quant_dir / TEXT_ENCODER_DIR, "8-bit text encoder", "run `dvc repro quantize` first")
-                text_encoder = load_text_encoder_int8(te_dir, device=str(device), dtype=torch.float16)
-                components["text_encoder"] = _cast_unquantized(text_encoder, dtype)
-            if cpu_vae:
-                from diffusers import AutoencoderKL
+        components: dict[str, Any] = {}
+        if spec.unet == "q4k":
+            components["unet"] = _load_q4k_unet(quant_dir, base_dir, config_name, load_device, dtype)
+        if spec.text_encoder == "int8":
+            components["text_encoder"] = _load_int8_text_encoder(
+                quant_dir, torch.device("cpu") if te_on_cpu else load_device,
+                torch.float32 if te_on_cpu else dtype,  # on the CPU it computes in fp32 (fp16 matmuls are slow there)
+            )
+        if spec.vae == "cpu":
+            from diffusers import AutoencoderKL
 
-                components["vae"] = AutoencoderKL.from_pretrained(
-                    base_dir, subfolder="vae", dtype=vae_dtype, local_files_only=True
-                )
-            pipe = _load_sd_pipeline(base_dir, dtype, **components)
-            # Move only what from_pretrained loaded on the CPU; the GGUF UNet and the 8-bit
-            # text encoder are already placed, and the CPU VAE stays where it is.
-            for name in ("text_encoder", "vae"):
-                if name not in components:
-                    getattr(pipe, name).to(device)
+            components["vae"] = AutoencoderKL.from_pretrained(base_dir, subfolder="vae", dtype=vae_dtype, local_files_only=True)
+        elif spec.vae == "tiny":
+            components["vae"] = lean.build_tiny_vae(tiny_vae, seed=seed, dtype=dtype)
+        pipe = _load_sd_pipeline(base_dir, dtype, **components)
+        if spec.unet == "fp16" and lora_dir is not None:
+            _fuse_lora(pipe, _check_dir(Path(lora_dir), "LoRA folder", "run `dvc repro finetune_lora` first"))
+        # Move only what from_pretrained loaded on the CPU; the GGUF UNet and the 8-bit text encoder
+        # are already placed, and the CPU VAE stays where it is.
+        for name in ("unet", "text_encoder", "vae"):
+            if name not in components or (name == "vae" and spec.vae == "tiny"):
+                getattr(pipe, name).to(load_device)
+        if spec.vae == "tiled":
+            lean.enable_tiled_decode(pipe.vae, vae_tile_px)
+        if spec.attention != "sdpa":
+            lean.set_attention(pipe, spec.attention)
+        if spec.cfg == "serial":
+            lean.enable_serial_cfg(pipe.unet)
+        resident = component_bytes(pipe)  # before any hook moves a weight
+        bundle = PipelineBundle(name=config_name, pipe=pipe, device=device, dtype=dtype, vae_device=vae_device,
+                                vae_dtype=vae_dtype, spec=spec, resident=resident)
+        _place(bundle, te_on_cpu)
         pipe.set_progress_bar_config(disable=True)
-    return PipelineBundle(
-        name=config_name,
-        pipe=pipe,
-        device=device,
-        dtype=dtype,
-        vae_device=vae_device,
-        vae_dtype=vae_dtype,
-        load_seconds=time.perf_counter() - start,
-        load_peak=load_peak,
-    )
+    bundle.load_seconds = time.perf_counter() - start
+    bundle.load_peak = load_peak
+    return bundle
+
+
+def _load_q4k_unet(quant_dir: Any, base_dir: Path, config_name: str, device: torch.device, dtype: torch.dtype) -> Any:
+    from squeezegen.quant.unet_loader import load_gguf_unet
+
+    if quant_dir is None:
+        raise UserError(f"configuration {config_name} needs quant_dir (the quantize stage's output folder)")
+    quant_dir = _check_dir(Path(quant_dir), "quantized model folder", "run `dvc repro quantize` first")
+    gguf = _check_dir(quant_dir / GGUF_NAME, "GGUF UNet", "run `dvc repro quantize` first")
+    return load_gguf_unet(gguf, config=base_dir, device=device, compute_dtype=dtype)
+
+
+def _load_int8_text_encoder(quant_dir: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    from squeezegen.quant.int8 import load_text_encoder_int8
+
+    te_dir = _check_dir(Path(quant_dir) / TEXT_ENCODER_DIR, "8-bit text encoder", "run `dvc repro quantize` first")
+    return _cast_unquantized(load_text_encoder_int8(te_dir, device=str(device), dtype=torch.float16), dtype)
+
+
+def _place(bundle: PipelineBundle, te_on_cpu: bool) -> None:
+    """Attach the configuration's placement: phase residency, or diffusers' own offloading."""
+    placement, pipe, device = bundle.spec.placement, bundle.pipe, bundle.device
+    if placement == "phase":
+        from squeezegen.sd.residency import enable_phase_residency
+
+        bundle.residency = enable_phase_residency(pipe, device, run_on_cpu=("text_encoder",) if te_on_cpu else ())
+        if device.type == "cpu":
+            bundle.notes.append("CPU run: the schedule is recorded, nothing moves (compute device = CPU)")
+    elif placement == "model_offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif placement == "sequential_offload":
+        pipe.enable_sequential_cpu_offload(device=device)
+    if placement in OFFLOAD_PLACEMENTS and device.type == "cpu":
+        bundle.notes.append("CPU run: diffusers' offload with the CPU as its execution device moves nothing")
 
 
 def _encode(bundle: PipelineBundle, prompt: str, guidance: float) -> tuple[torch.Tensor, torch.Tensor | None]:

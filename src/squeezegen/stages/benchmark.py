@@ -3,7 +3,8 @@
 arch `pipeline`: models/base + models/lora + models/quantized. arch `sd15`: an SD 1.5-architecture
 pipeline with random weights, written and quantized into a temporary folder here, so real-scale
 memory is measured anywhere. Writes metrics/benchmark.json (keyed by configuration),
-metrics/benchmark_memory.csv and reports/benchmark/ (memory.png, samples.png, table.md).
+metrics/benchmark_memory.csv and reports/benchmark/ (memory.png, frontier.png — peak memory against
+seconds per image —, samples.png, table.md).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
                 size=b.size,
                 guidance=b.guidance_scale,
                 repeats=b.repeats,
+                vae_tile_px=b.vae_tile_px,
+                lean_text_encoder=b.lean_text_encoder,
+                tiny_vae=b.tiny_vae,
             )
             results = bench.run_configs(b.configs, job)
 
@@ -70,10 +74,11 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         with atomic_path(REPORT_DIR) as tmp:
             tmp.mkdir(parents=True)
             bench.memory_chart(summary, str(tmp / "memory.png"))
+            bench.frontier_chart(summary, str(tmp / "frontier.png"))
             bench.samples_strip(images, str(tmp / "samples.png"))
             (tmp / "table.md").write_text(bench.memory_table(summary, lpips_name))
         atomic_write_text(MEMORY_CSV, bench.memory_csv(summary))
         run.write_metrics("benchmark", summary, machine_dependent=memory_perf_keys(device.type))
-        for name in ("memory.png", "samples.png", "table.md"):
+        for name in ("memory.png", "frontier.png", "samples.png", "table.md"):
             run.log_artifact(REPORT_DIR / name, artifact_path="benchmark")
     return summary
