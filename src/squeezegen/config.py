@@ -108,9 +108,24 @@ class QuantizeConfig:
     reshape_convs: bool = True
     text_encoder_8bit: bool = True
     key_format: Literal["ldm", "diffusers"] = "ldm"
+    importance: Literal["none", "activations"] = "none"
+    calib_prompts: int = _range(1)
+    calib_steps: int = _range(1)
+    calib_guidance: float = _range(0.0)
+    budget_bpw: float | None = _range(0.0, lo_open=True)
+    budget_bytes: int | None = _range(1)
+    candidate_types: tuple[Literal["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"], ...]
+    sensitivity: Literal["measured", "proxy"] = "measured"
+    sensitivity_samples: int = _range(1)
 
     def check(self, path: str) -> None:
         import re
+
+        if self.budget_bpw is not None and self.budget_bytes is not None:
+            raise ConfigError(f"{path}.budget_bpw / budget_bytes: both are set; set one of them (or neither for the "
+                              "uniform unet_type)")
+        if not self.candidate_types:
+            raise ConfigError(f"{path}.candidate_types: needs at least one type for the budget allocation")
 
         for i, pattern in enumerate(self.keep_patterns):
             try:

@@ -34,6 +34,7 @@ import squeezegen
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path
 from squeezegen.quant.gguf_check import ORIG_SHAPE_PREFIX, check_gguf
+from squeezegen.quant.importance import expand_importance
 from squeezegen.quant.ldm_keys import KEY_FORMATS, LDM_UNET_PREFIX, unet_diffusers_to_ldm
 from squeezegen.quant.policy import QuantPolicy, TensorPlan, choose_type, tensor_nbytes
 from squeezegen.quant.codecs import CODECS, codec
@@ -47,14 +48,16 @@ FLOAT_DTYPES = {GGMLQuantizationType.F16: np.float16, GGMLQuantizationType.F32: 
 # --- numpy codecs -------------------------------------------------------------------------------
 
 
-def encode_array(x: np.ndarray, qtype: GGMLQuantizationType, *, name: str = "tensor") -> np.ndarray:
+def encode_array(x: np.ndarray, qtype: GGMLQuantizationType, *, name: str = "tensor",
+                 importance: np.ndarray | None = None) -> np.ndarray:
     """float32 [..., n] → the bytes (uint8 [..., n/block·type_size]) or floats stored for `qtype`.
 
-    `name` labels the tensor in the quantizer's error messages. Quantized types go through the
-    codec registry (the gguf package has no K-quant quantizer)."""
+    `name` labels the tensor in the quantizer's error messages; `importance` (x's shape) weights
+    the codec's search. Quantized types go through the codec registry (the gguf package has no
+    K-quant quantizer)."""
     if qtype in FLOAT_DTYPES:
         return x.astype(FLOAT_DTYPES[qtype])
-    return codec(qtype).quantize(x, name=name)
+    return codec(qtype).quantize(x, name=name, importance=importance)
 
 
 def decode_array(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -123,9 +126,15 @@ def write_planned_gguf(
     architecture: str = ARCHITECTURE,
     progress: bool = True,
     desc: str = "write GGUF",
+    importance: Mapping[str, np.ndarray] | None = None,
+    encoded: Mapping[tuple[str, str], np.ndarray] | None = None,
 ) -> tuple[list[TensorRecord], int]:
     """Write `tensors[plan.name]` as each plan says (type, stored shape, orig_shape) into a GGUF
     file at `path`, with `metadata` (full keys) next to `general.architecture`.
+
+    importance: {name: E[x²] per input channel} weighting the codecs (expanded to the stored
+    layout here). encoded: {(name, type name): bytes} already quantized the same way (the
+    allocation's candidates), written as they are instead of quantizing again.
 
     Tensors are encoded and written one at a time (peak memory ≈ one tensor in fp32 plus its
     encoding); the file is written atomically. Returns (a record per tensor, the file's bytes).
@@ -156,7 +165,10 @@ def write_planned_gguf(
             with tqdm(total=total, desc=desc, unit="w", unit_scale=True, disable=not progress) as bar:
                 for plan in plans:
                     x = tensors[plan.name].detach().to("cpu", torch.float32).numpy().reshape(plan.stored_shape)
-                    data = encode_array(x, plan.qtype, name=plan.name)  # [*rows, bytes per row] or floats
+                    data = (encoded or {}).get((plan.name, plan.qtype.name))
+                    if data is None:
+                        weights = _stored_importance(plan, importance)
+                        data = encode_array(x, plan.qtype, name=plan.name, importance=weights)  # [*rows, bytes/row]
                     writer.write_tensor_data(data)
                     records.append(_record(plan, _rel_rmse(x, decode_array(data, plan.qtype))))
                     bar.update(plan.n_params)
@@ -165,6 +177,12 @@ def write_planned_gguf(
             writer.close()
         bytes_gguf = tmp.stat().st_size
     return records, bytes_gguf
+
+
+def _stored_importance(plan: TensorPlan, importance: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
+    if not importance or plan.qtype in FLOAT_DTYPES or plan.name not in importance:
+        return None
+    return expand_importance(importance[plan.name], plan.shape, plan.stored_shape)
 
 
 def write_unet_gguf(
@@ -176,8 +194,12 @@ def write_unet_gguf(
     architecture: str = ARCHITECTURE,
     key_format: str = "diffusers",
     progress: bool = True,
+    encoded: Mapping[tuple[str, str], np.ndarray] | None = None,
 ) -> QuantReport:
     """Quantize `state_dict` (diffusers UNet keys) tensor by tensor into a GGUF file at `path`.
+
+    The policy's `importance` vectors (diffusers names) weight the codecs; `encoded` holds bytes
+    already quantized the same way, keyed by (diffusers name, type name).
 
     Each tensor's type comes from `choose_type(diffusers name, shape, policy)`; with `key_format`
     "ldm" it is stored under `model.diffusion_model.<LDM name>` (the report uses the stored
@@ -200,9 +222,11 @@ def write_unet_gguf(
     ]
     entries = {"version": squeezegen.__version__, "key_format": key_format, "policy": policy.to_json(), **metadata}
     entries = {META_PREFIX + key: value for key, value in entries.items()}
+    importance = {stored_name[n]: v for n, v in policy.importance.items() if n in stored_name}
+    encoded = {(stored_name[n], q): data for (n, q), data in (encoded or {}).items() if n in stored_name}
     records, bytes_gguf = write_planned_gguf(
         path, plans, {stored_name[name]: t for name, t in state_dict.items()}, entries,
-        architecture=architecture, progress=progress, desc="quantize UNet",
+        architecture=architecture, progress=progress, desc="quantize UNet", importance=importance, encoded=encoded,
     )  # fmt: skip
     return QuantReport(tensors=records, bytes_gguf=bytes_gguf, metadata=metadata)
 

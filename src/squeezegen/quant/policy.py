@@ -5,7 +5,8 @@ Rules, in order:
 1. keep `keep_type` (F16 or F32) for tensors matching a keep pattern (time/class/add
    embeddings, `conv_in`, `conv_out`, norms, biases), for tensors with fewer than two
    dimensions and for tensors of at most `min_elements` elements;
-2. `unet_type` when the last (row) dimension is a multiple of that type's block size;
+2. the type `tensor_types` names for the tensor (a budget allocation), if any;
+   else `unet_type` when the last (row) dimension is a multiple of that type's block size;
 3. with `reshape_convs`, `unet_type` again when the element count is a multiple of the block
    size: the tensor is stored as rows of one block and its true shape is recorded
    (ComfyUI-GGUF's `comfy.gguf.orig_shape.<name>`). This is what lets 3×3 convs (and narrow
@@ -21,7 +22,10 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -53,6 +57,11 @@ class QuantPolicy:
     min_elements: tensors with at most this many elements are kept as `keep_type`.
     reshape_convs: store a tensor whose row length is not a multiple of the block size (every
         3×3 conv, narrow Linears) as rows of one block, recording its true shape.
+    tensor_types: {diffusers name: type} chosen per tensor (the budget allocation); it overrides
+        `unet_type` for tensors the keep rules leave quantizable, and must fit their blocks.
+    importance: {diffusers name: E[x²] per input channel} that weights the codecs' searches
+        (quant/importance.py). Not part of the file's policy JSON: it changes the bytes chosen,
+        never which type or shape a tensor has.
     """
 
     unet_type: str = "Q4_K"
@@ -61,9 +70,16 @@ class QuantPolicy:
     keep_patterns: tuple[str, ...] = DEFAULT_KEEP_PATTERNS
     min_elements: int = 1024
     reshape_convs: bool = True
+    tensor_types: Mapping[str, str] = field(default_factory=dict)
+    importance: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_choice("unet_type", self.unet_type, QUANTIZED_TYPES + ("F16",))
+        object.__setattr__(self, "tensor_types", dict(sorted(self.tensor_types.items())))
+        for name, qtype in self.tensor_types.items():
+            if qtype not in QUANTIZED_TYPES + FLOAT_TYPES:
+                raise ConfigError(f"QuantPolicy.tensor_types[{name!r}] must be one of "
+                                  f"{', '.join(QUANTIZED_TYPES + FLOAT_TYPES)}; got {qtype!r}.")
         _check_choice("fallback_type", self.fallback_type, FALLBACK_TYPES + FLOAT_TYPES)
         _check_choice("keep_type", self.keep_type, FLOAT_TYPES)
         if self.min_elements < 0:
@@ -76,8 +92,12 @@ class QuantPolicy:
                 raise ConfigError(f"QuantPolicy.keep_patterns: {pattern!r} is not a valid regex ({err}).") from err
 
     def to_json(self) -> str:
-        """The policy as a JSON string (stored in the GGUF metadata)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """The policy as a JSON string (stored in the GGUF metadata), without the importance."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "importance"}
+        fields["keep_patterns"] = list(self.keep_patterns)
+        if not self.tensor_types:  # a uniform policy's JSON stays what it was before allocations existed
+            del fields["tensor_types"]
+        return json.dumps(fields, sort_keys=True)
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -152,6 +172,15 @@ def choose_type(name: str, shape: tuple[int, ...] | list[int], policy: QuantPoli
         return TensorPlan(name, keep, shape, None, f"kept: {len(shape)}-D")
     if numel <= policy.min_elements:
         return TensorPlan(name, keep, shape, None, f"kept: {numel} <= {policy.min_elements} elements")
+    if name in policy.tensor_types:
+        chosen = policy.tensor_types[name]
+        if chosen in FLOAT_TYPES:
+            return TensorPlan(name, GGMLQuantizationType[chosen], shape, None, "allocated")
+        plan = _fit(name, shape, chosen, policy.reshape_convs)
+        if plan is None:
+            raise ValueError(f"tensor {name!r} of shape {shape} cannot be stored as {chosen}: "
+                             f"no whole blocks of {block_size(GGMLQuantizationType[chosen])}")
+        return dataclasses.replace(plan, reason=f"allocated {plan.reason}")
     if policy.unet_type in FLOAT_TYPES:
         return TensorPlan(name, GGMLQuantizationType[policy.unet_type], shape, None, "unet_type")
 
@@ -165,3 +194,17 @@ def choose_type(name: str, shape: tuple[int, ...] | list[int], policy: QuantPoli
     if plan is not None:
         return dataclasses.replace(plan, reason=f"fallback {plan.reason}")
     return TensorPlan(name, keep, shape, None, "kept: no whole blocks of any quantized type")
+
+
+def fits(shape: tuple[int, ...] | list[int], qtype_name: str, policy: QuantPolicy) -> bool:
+    """Whether a tensor of `shape` can be stored as `qtype_name` (whole blocks, reshaped if allowed)."""
+    if qtype_name in FLOAT_TYPES:
+        return True
+    return _fit("", tuple(int(d) for d in shape), qtype_name, policy.reshape_convs) is not None
+
+
+def is_kept(name: str, shape: tuple[int, ...] | list[int], policy: QuantPolicy) -> bool:
+    """Whether the keep rules (patterns, rank < 2, ≤ min_elements) hold the tensor unquantized."""
+    shape = tuple(int(d) for d in shape)
+    return (any(re.search(p, name) for p in policy.keep_patterns) or len(shape) < 2
+            or math.prod(shape) <= policy.min_elements)

@@ -1,15 +1,21 @@
 """quantize: fuse the LoRA into the base UNet, write it as GGUF (Q4_K policy), and the 8-bit CLIP.
 
 models/base + models/lora → models/quantized/ (unet.gguf, text_encoder/, manifest.json, written
-as one folder atomically) and metrics/quantize.json.
+as one folder atomically), reports/quantize/bits_per_layer.png and metrics/quantize.json. With `quantize.importance: activations` the
+fused pipeline first runs on calibration prompts (quant/importance.py) and E[x²] per input
+channel weights every codec's search; with `quantize.budget_bpw` / `budget_bytes` each tensor
+gets the type that minimizes the estimated damage to the UNet's output under that budget
+(quant/mixed.py), and the chosen types are in the file's policy and manifest.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import squeezegen
-from squeezegen.config import QuantizeConfig, load_config
+from squeezegen.config import Config, QuantizeConfig, load_config
 from squeezegen.errors import UserError
 from squeezegen.tracking import stage_run
 
@@ -17,6 +23,7 @@ BASE_DIR = Path("models/base")
 LORA_DIR = Path("models/lora")
 LORA_FILE = LORA_DIR / "pytorch_lora_weights.safetensors"
 QUANT_DIR = Path("models/quantized")
+REPORT_DIR = Path("reports/quantize")
 
 
 def quant_policy(q: QuantizeConfig):
@@ -33,24 +40,80 @@ def quant_policy(q: QuantizeConfig):
     )
 
 
+def calibration(cfg: Config):
+    """The fused (fine-tuned) pipeline and its calibration run on the calibration prompts:
+    activation statistics and the UNet's inputs at each step (quant/importance.py)."""
+    from squeezegen.quant.importance import calibrate
+    from squeezegen.sd.compressed import default_device, load_fused_pipeline
+    from squeezegen.sd.generate import sample_prompts
+
+    q = cfg.quantize
+    pipe = load_fused_pipeline(BASE_DIR, LORA_DIR).to(default_device())
+    prompts = sample_prompts(q.calib_prompts, cfg.sd.prompt_template)
+    return pipe, calibrate(pipe, prompts, steps=q.calib_steps, size=cfg.data.sd_size, seed=cfg.seed,
+                           guidance_scale=q.calib_guidance)
+
+
+def budget_policy(q: QuantizeConfig, policy, pipe, calib) -> tuple:
+    """The policy with one type per tensor under the budget (quant/mixed.py), and its figures."""
+    from squeezegen.quant.allocate import budget_from_config
+    from squeezegen.quant.mixed import estimate_mix, mixed_policy, summary
+
+    mix = estimate_mix(pipe.unet, calib.subset(q.sensitivity_samples), policy, types=q.candidate_types,
+                       mode=q.sensitivity, validate=q.sensitivity == "measured")
+    budget = budget_from_config(budget_bytes=q.budget_bytes, budget_bpw=q.budget_bpw, fixed_bytes=mix.fixed_bytes,
+                                allocatable_params=sum(c.n_params for c in mix.choices.values()))
+    types = mix.allocate(budget)
+    figures = {"budget_bytes": budget, "sensitivity": q.sensitivity, "allocation": summary(mix, types),
+               "sensitivity_rank_correlation": mix.validation}
+    return mixed_policy(policy, types), figures, mix
+
+
+def bits_report(manifest: dict, min_elements: int) -> None:
+    """reports/quantize/bits_per_layer.png: bits per weight of each tensor of the written file."""
+    from squeezegen.files import atomic_path
+    from squeezegen.quant.mixed import bits_picture
+
+    rows = [(n, 8 * t["bytes"] / t["n_params"]) for n, t in manifest["tensors"].items() if t["n_params"] > min_elements]
+    totals = manifest["totals"]
+    with atomic_path(REPORT_DIR) as tmp:
+        tmp.mkdir(parents=True)
+        bits_picture({f"unet.gguf: {totals['bpw']:.3f} bits/weight, {totals['bytes_gguf'] / 1e6:.2f} MB": rows},
+                     tmp / "bits_per_layer.png")
+
+
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.files import sha256_file
     from squeezegen.sd.compressed import quantize_pipeline
 
     cfg = load_config(params, profile=profile)
+    q = cfg.quantize
     if not BASE_DIR.is_dir():
         raise UserError(f"{BASE_DIR}: base pipeline not found; run `dvc repro fetch_base` first")
     if not LORA_FILE.is_file():
         raise UserError(f"{LORA_FILE}: LoRA weights not found; run `dvc repro finetune_lora` first")
-    policy = quant_policy(cfg.quantize)
+    policy = quant_policy(q)
+    budgeted = q.budget_bpw is not None or q.budget_bytes is not None
     with stage_run("quantize", cfg) as run:
-        metrics, _ = quantize_pipeline(
+        extra: dict = {"importance": q.importance, "mixed": budgeted}
+        if q.importance == "activations" or budgeted:
+            start = time.perf_counter()
+            pipe, calib = calibration(cfg)
+            extra |= {"calib_samples": calib.n_samples, "calib_seconds": time.perf_counter() - start}
+            if q.importance == "activations":
+                policy = dataclasses.replace(policy, importance=calib.importance)
+            if budgeted:
+                start = time.perf_counter()
+                policy, figures, _ = budget_policy(q, policy, pipe, calib)
+                extra |= figures | {"allocation_seconds": time.perf_counter() - start}
+            del pipe
+        metrics, manifest = quantize_pipeline(
             BASE_DIR,
             QUANT_DIR,
             policy=policy,
             lora_dir=LORA_DIR,
-            text_encoder_8bit=cfg.quantize.text_encoder_8bit,
-            key_format=cfg.quantize.key_format,
+            text_encoder_8bit=q.text_encoder_8bit,
+            key_format=q.key_format,
             metadata={
                 "base_model": cfg.sd.base,
                 "lora_sha256": sha256_file(LORA_FILE),
@@ -58,6 +121,8 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
                 "squeezegen_version": squeezegen.__version__,
             },
         )
+        bits_report(manifest, q.min_elements)
+        metrics |= extra
         run.write_metrics("quantize", metrics)
         run.log_artifact(QUANT_DIR / "manifest.json")
     return metrics
