@@ -117,6 +117,7 @@ class QuantizeConfig:
     candidate_types: tuple[Literal["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"], ...]
     sensitivity: Literal["measured", "proxy"] = "measured"
     sensitivity_samples: int = _range(1)
+    baselines: bool = False
 
     def check(self, path: str) -> None:
         import re

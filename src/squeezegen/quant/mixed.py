@@ -80,17 +80,20 @@ def uniform_types(mix: Mix, qtype: str, policy: QuantPolicy) -> dict[str, str]:
 
 
 def rule_types(mix: Mix, *, base: str = RULE_MIX["base"], promote: str = RULE_MIX["promote"],
-               last_block: str | None = None) -> dict[str, str]:
-    """llama.cpp-style rule mix: `promote` for to_v, ff.net.2 and the first/last resolution blocks."""
+               last_block: str | None = None, blocks: bool = True) -> dict[str, str]:
+    """llama.cpp-style rule mix: `promote` for to_v, ff.net.2 and (with `blocks`) every tensor of
+    the first/last resolution blocks, `base` elsewhere; a tensor that cannot take the type gets
+    its candidate of the nearest size."""
     names = list(mix.choices)
     if last_block is None:  # the last up block, whatever the UNet's depth
         ups = sorted({int(m.group(1)) for n in names if (m := re.match(r"up_blocks\.(\d+)\.", n))})
         last_block = f"up_blocks.{ups[-1]}." if ups else "conv_out."
-    patterns = RULE_PATTERNS + (r"^" + re.escape(last_block),)
+    patterns = RULE_PATTERNS[:2] + ((RULE_PATTERNS[2], r"^" + re.escape(last_block)) if blocks else ())
     out = {}
     for n, c in mix.choices.items():
         want = promote if any(re.search(p, n) for p in patterns) else base
-        out[n] = want if want in c.types else min(c.types, key=lambda t: abs(c.nbytes[t] - c.nbytes.get(want, 0)))
+        size = codec(want).nbytes(c.n_params)
+        out[n] = want if want in c.types else min(c.types, key=lambda t: abs(c.nbytes[t] - size))
     return out
 
 
@@ -108,11 +111,14 @@ def weights_for(unet: nn.Module, mix: Mix, types: Mapping[str, str], policy: Qua
         if packed is None:
             packed = mix.cache.setdefault((name, qtype), encode_choice(x, qtype, policy, name))
         out[name] = torch.from_numpy(codec(qtype).dequantize(packed).reshape(x.shape))
+    state = unet.state_dict()
     for name, plan in mix.fixed.items():
         if plan.qtype.name not in ("F16", "F32"):
-            x = unet.state_dict()[name].detach().float().cpu().numpy()
-            out[name] = torch.from_numpy(codec(plan.qtype).dequantize(
-                encode_choice(x, plan.qtype.name, policy, name)).reshape(x.shape))
+            x = state[name].detach().float().cpu().numpy()
+            packed = mix.cache.get((name, plan.qtype.name))
+            if packed is None:
+                packed = mix.cache.setdefault((name, plan.qtype.name), encode_choice(x, plan.qtype.name, policy, name))
+            out[name] = torch.from_numpy(codec(plan.qtype).dequantize(packed).reshape(x.shape))
     return out
 
 

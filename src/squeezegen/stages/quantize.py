@@ -5,7 +5,9 @@ as one folder atomically), reports/quantize/bits_per_layer.png and metrics/quant
 fused pipeline first runs on calibration prompts (quant/importance.py) and E[x²] per input
 channel weights every codec's search; with `quantize.budget_bpw` / `budget_bytes` each tensor
 gets the type that minimizes the estimated damage to the UNet's output under that budget
-(quant/mixed.py), and the chosen types are in the file's policy and manifest.json.
+(quant/mixed.py), and the chosen types are in the file's policy and manifest.json. With
+`quantize.baselines` the metrics also compare the allocation with uniform Q4_K / Q3_K and rule
+mixes at matched bytes, on held-out prompts (quant/baselines.py).
 """
 
 from __future__ import annotations
@@ -54,19 +56,35 @@ def calibration(cfg: Config):
                            guidance_scale=q.calib_guidance)
 
 
-def budget_policy(q: QuantizeConfig, policy, pipe, calib) -> tuple:
-    """The policy with one type per tensor under the budget (quant/mixed.py), and its figures."""
+def budget_policy(q: QuantizeConfig, policy, pipe, calib, budgeted: bool) -> tuple:
+    """The damage estimate per (tensor, type) (quant/mixed.py), and if `budgeted` the policy
+    with one type per tensor under the budget; (policy, figures, mix)."""
     from squeezegen.quant.allocate import budget_from_config
     from squeezegen.quant.mixed import estimate_mix, mixed_policy, summary
 
     mix = estimate_mix(pipe.unet, calib.subset(q.sensitivity_samples), policy, types=q.candidate_types,
                        mode=q.sensitivity, validate=q.sensitivity == "measured")
+    figures = {"sensitivity": q.sensitivity, "sensitivity_rank_correlation": mix.validation}
+    if not budgeted:
+        return policy, figures, mix
     budget = budget_from_config(budget_bytes=q.budget_bytes, budget_bpw=q.budget_bpw, fixed_bytes=mix.fixed_bytes,
                                 allocatable_params=sum(c.n_params for c in mix.choices.values()))
     types = mix.allocate(budget)
-    figures = {"budget_bytes": budget, "sensitivity": q.sensitivity, "allocation": summary(mix, types),
-               "sensitivity_rank_correlation": mix.validation}
+    figures |= {"budget_bytes": budget, "allocation": summary(mix, types)}
     return mixed_policy(policy, types), figures, mix
+
+
+def baselines(cfg: Config, policy, pipe, mix) -> dict:
+    """The allocation vs uniform Q4_K / Q3_K and the rule mixes at matched bytes, on prompts and a
+    seed the sensitivities did not see (quant/baselines.py)."""
+    from squeezegen.quant.baselines import compare_on_heldout, heldout_prompt_indices
+    from squeezegen.sd.generate import sample_prompts
+
+    q = cfg.quantize
+    prompts = sample_prompts(2 * q.calib_prompts, cfg.sd.prompt_template)
+    return compare_on_heldout(pipe, mix, policy, [prompts[i] for i in heldout_prompt_indices(q.calib_prompts)],
+                              steps=q.calib_steps, size=cfg.data.sd_size, seed=cfg.seed + 1,
+                              guidance_scale=q.calib_guidance)
 
 
 def bits_report(manifest: dict, min_elements: int) -> None:
@@ -96,16 +114,19 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     budgeted = q.budget_bpw is not None or q.budget_bytes is not None
     with stage_run("quantize", cfg) as run:
         extra: dict = {"importance": q.importance, "mixed": budgeted}
-        if q.importance == "activations" or budgeted:
+        if q.importance == "activations" or budgeted or q.baselines:
             start = time.perf_counter()
             pipe, calib = calibration(cfg)
             extra |= {"calib_samples": calib.n_samples, "calib_seconds": time.perf_counter() - start}
             if q.importance == "activations":
                 policy = dataclasses.replace(policy, importance=calib.importance)
-            if budgeted:
+            if budgeted or q.baselines:
                 start = time.perf_counter()
-                policy, figures, _ = budget_policy(q, policy, pipe, calib)
+                policy, figures, mix = budget_policy(q, policy, pipe, calib, budgeted)
                 extra |= figures | {"allocation_seconds": time.perf_counter() - start}
+            if q.baselines:
+                start = time.perf_counter()
+                extra |= {"baselines": baselines(cfg, policy, pipe, mix), "baselines_seconds": time.perf_counter() - start}
             del pipe
         metrics, manifest = quantize_pipeline(
             BASE_DIR,
