@@ -15,11 +15,16 @@ STYLES = ("Cubism", "Post_Impressionism", "Ukiyo_e")
 GENRES = ("portrait", "landscape")
 
 
-def tiny_prior(*, levels=3, k=16, positions=9, dtype=torch.float32, seed=0) -> RQPrior:
+def tiny_prior(*, levels=3, k=16, positions=9, dtype=torch.float32, seed=0, cond_every_position=True, cond_modulation=True) -> RQPrior:
     torch.manual_seed(seed)
     spec = PriorSpec(levels=levels, codebook_size=k, positions=positions, styles=STYLES, genres=GENRES,
-                     width=32, heads=4, spatial_layers=2, depth_width=16, depth_layers=2)
-    return RQPrior(spec).to(dtype).eval()
+                     width=32, heads=4, spatial_layers=2, depth_width=16, depth_layers=2,
+                     cond_every_position=cond_every_position, cond_modulation=cond_modulation)
+    prior = RQPrior(spec)
+    if prior.film is not None:  # as after training: FiLM starts at zero (no modulation), which would test nothing
+        for layer in prior.film:
+            torch.nn.init.normal_(layer.weight, std=0.1)
+    return prior.to(dtype).eval()
 
 
 def prefix_for(prior: RQPrior, b: int, style=0, genre=0, score=50.0) -> torch.Tensor:
@@ -94,6 +99,24 @@ def test_kv_cached_sampling_equals_recomputing_the_sequence():
     prior = tiny_prior(dtype=torch.float64)
     for guidance in (1.0, 3.0):
         assert torch.equal(_sample(prior, guidance_scale=guidance), _sample(prior, guidance_scale=guidance, use_cache=False))
+
+
+@pytest.mark.parametrize("cond_every_position, cond_modulation", [(True, True), (False, False), (False, True)])
+def test_greedy_sampling_follows_the_training_forward(cond_every_position, cond_modulation):
+    """The sampler (one position and level at a time, KV cache) and the teacher-forced forward are
+    the same model: greedy codes are the argmax of the forward's logits on those very codes."""
+    prior = tiny_prior(dtype=torch.float64, cond_every_position=cond_every_position, cond_modulation=cond_modulation)
+    codes = _sample(prior, top_k=1)
+    first = prior(codes[:1], prefix_for(prior, 1, style=0, genre=0, score=80.0))
+    second = prior(codes[1:], prefix_for(prior, 1, style=2, genre=1, score=20.0))
+    assert torch.equal(first[0].argmax(-1), codes[0]) and torch.equal(second[0].argmax(-1), codes[1])
+
+
+def test_condition_on_every_position_reaches_the_first_and_the_last_token():
+    prior = tiny_prior()
+    codes = torch.randint(0, 16, (1, 9, 3), generator=torch.Generator().manual_seed(5))
+    a, b = prior(codes, prefix_for(prior, 1, style=0)), prior(codes, prefix_for(prior, 1, style=1))
+    assert not torch.allclose(a[:, 0], b[:, 0]) and not torch.allclose(a[:, -1], b[:, -1])
 
 
 def test_guidance_zero_is_unconditional_sampling():

@@ -266,6 +266,8 @@ class PriorConfig:
     """train_prior (training knobs and sizes) + sampling (guidance, temperature, top_k: evaluate / sample)."""
 
     cond_dropout: float = _range(0.0, 1.0, hi_open=True)
+    cond_every_position: bool = True
+    cond_modulation: bool = True
     guidance_scale: float = _range(0.0)
     temperature: float = _range(0.0, lo_open=True)
     top_k: int | None = _range(1)

@@ -37,8 +37,9 @@ from squeezegen.files import atomic_path
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-FORMAT = "squeezegen.prior/1"
+FORMAT = "squeezegen.prior/2"  # 2: score / SCORE_UNIT, condition on every position, FiLM
 SCORE_FREQS = 128  # sinusoidal embedding of the score: 128 sines + 128 cosines (SDXL uses 256-d)
+SCORE_UNIT = 10.0  # scores enter the embedding as score / 10: SDXL's aesthetic scores are on a 1–10 scale
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class PriorSpec:
     depth_layers: int = 1
     mlp_ratio: int = 4
     dropout: float = 0.0
+    cond_every_position: bool = True  # also add the summed condition to every spatial token (not only as prefix)
+    cond_modulation: bool = False  # FiLM the spatial blocks' LayerNorms with the condition (DiT's adaLN, without gates)
     grid_hw: tuple[int, int] = field(default=(0, 0))  # (h, w); (0, 0) = square
 
     def to_json(self) -> dict[str, Any]:
@@ -83,11 +86,15 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict[str, torch.Tensor] | None = None, film: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, d) → (B, T, d). With `cache`, x holds the T newest tokens; keys and values of
-        the earlier ones come from the cache, which is extended in place."""
+        the earlier ones come from the cache, which is extended in place. `film` (B, 4, d): scale
+        and shift of the two LayerNorms' outputs (1 + scale, + shift), from the condition."""
         b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3×(B, H, T, dh)
+        h = self.norm1(x)
+        if film is not None:
+            h = h * (1 + film[:, None, 0]) + film[:, None, 1]
+        q, k, v = self.qkv(h).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3×(B, H, T, dh)
         if cache is not None:
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
@@ -100,13 +107,21 @@ class Block(nn.Module):
             mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.proj(attn.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.norm2(x))
+        h = self.norm2(x)
+        if film is not None:
+            h = h * (1 + film[:, None, 2]) + film[:, None, 3]
+        return x + self.mlp(h)
 
 
 def score_embedding(score: torch.Tensor) -> torch.Tensor:
-    """Sinusoidal features (B, 2·SCORE_FREQS) of scores (B,) on the 0–100 scale."""
+    """Sinusoidal features (B, 2·SCORE_FREQS) of scores (B,) on the 0–100 scale.
+
+    The score is divided by SCORE_UNIT first, so the fastest feature turns once per ~63 points:
+    on the raw 0–100 scale the fast features would give every training image's (unique) score
+    its own code, which the prior memorizes instead of learning what a high score looks like
+    (measured: asked for 80 vs 30, samples were judged the same)."""
     freqs = torch.exp(-math.log(10_000.0) * torch.arange(SCORE_FREQS, device=score.device) / SCORE_FREQS)  # (F,)
-    angles = score.float()[:, None] * freqs[None]  # (B, F)
+    angles = (score.float() / SCORE_UNIT)[:, None] * freqs[None]  # (B, F)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, 2F)
 
 
@@ -130,6 +145,12 @@ class RQPrior(nn.Module):
         self.spatial = nn.ModuleList(Block(d, spec.heads, spec.mlp_ratio, spec.dropout) for _ in range(spec.spatial_layers))
         self.depth_in = nn.Linear(d, dd)  # context + chosen levels (width d) → the depth transformer's width
         self.depth = nn.ModuleList(Block(dd, spec.heads, spec.mlp_ratio, spec.dropout) for _ in range(spec.depth_layers))
+        # per spatial block: condition (B, d) → (B, 4, d) scales and shifts, zero at init (= no modulation)
+        self.film = nn.ModuleList(nn.Linear(d, 4 * d) for _ in self.spatial) if spec.cond_modulation else None
+        if self.film is not None:
+            for layer in self.film:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.spatial_norm = nn.LayerNorm(d)
         self.head_norm = nn.LayerNorm(dd)
         self.head = nn.Linear(dd, k)  # shared across depths
@@ -185,14 +206,27 @@ class RQPrior(nn.Module):
 
     # --------------------------------------------------------------------------- training
 
+    def token_bias(self, prefix: torch.Tensor) -> torch.Tensor:
+        """What every spatial token gets added (B, 1, d): the summed condition, or zero."""
+        if not self.spec.cond_every_position:
+            return prefix.new_zeros(prefix.shape[0], 1, prefix.shape[-1])
+        return prefix.sum(dim=1, keepdim=True)
+
+    def films(self, prefix: torch.Tensor) -> list[torch.Tensor | None]:
+        """Per spatial block: its FiLM parameters (B, 4, d) from the summed condition, or None."""
+        if self.film is None:
+            return [None] * len(self.spatial)
+        c = F.silu(prefix.sum(dim=1))  # (B, d)
+        return [layer(c).view(c.shape[0], 4, -1) for layer in self.film]
+
     def forward(self, codes: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, N, L, K) for codes (B, N, L) given the condition prefix (B, 3, d)."""
         b, n, levels = codes.shape
         level_embeds = self.embed_levels(codes)  # (B, N, L, d)
-        tokens = level_embeds.sum(dim=2)  # (B, N, d): one token per position
+        tokens = level_embeds.sum(dim=2) + self.token_bias(prefix)  # (B, N, d): one token per position
         x = torch.cat([prefix, tokens[:, :-1]], dim=1) + self.spatial_pos[None, : self.PREFIX + n - 1]  # (B, 3+N-1, d)
-        for block in self.spatial:
-            x = block(x)
+        for block, film in zip(self.spatial, self.films(prefix)):
+            x = block(x, film=film)
         context = self.spatial_norm(x[:, self.PREFIX - 1 :])  # (B, N, d): h_t from the token before t
         return self.run_depth(self.depth_inputs(context, level_embeds))
 

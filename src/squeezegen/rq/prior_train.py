@@ -57,6 +57,7 @@ def prior_spec(cfg: PriorConfig, *, codes: torch.Tensor, codebook_size: int, sty
         levels=levels, codebook_size=codebook_size, positions=positions, styles=vocabulary(styles),
         genres=vocabulary(genres), width=cfg.width, heads=cfg.heads, spatial_layers=cfg.spatial_layers,
         depth_width=cfg.depth_width, depth_layers=cfg.depth_layers, grid_hw=tuple(grid_hw),
+        cond_every_position=cfg.cond_every_position, cond_modulation=cfg.cond_modulation,
     )
 
 

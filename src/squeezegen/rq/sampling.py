@@ -69,19 +69,21 @@ class _Spatial:
     def __init__(self, prior: RQPrior, prefix: torch.Tensor, *, use_cache: bool):
         self.prior, self.use_cache = prior, use_cache
         self.caches = [{} for _ in prior.spatial] if use_cache else None
+        self.bias = prior.token_bias(prefix)[:, 0]  # (B, d): added to every code token
+        self.films = prior.films(prefix)  # per spatial block: (B, 4, d) or None
         self.sequence = prefix + prior.spatial_pos[None, : prior.PREFIX]  # (B, 3, d)
         self.pending = self.sequence  # tokens the cache has not seen yet
 
     def context(self) -> torch.Tensor:
         """h for the next position (B, d)."""
         x = self.pending if self.use_cache else self.sequence
-        for block, cache in zip(self.prior.spatial, self.caches or [None] * len(self.prior.spatial)):
-            x = block(x, cache)
+        for block, cache, film in zip(self.prior.spatial, self.caches or [None] * len(self.prior.spatial), self.films):
+            x = block(x, cache, film)
         return self.prior.spatial_norm(x[:, -1])
 
     def append(self, token: torch.Tensor, position: int) -> None:
         """Add the token (B, d) of grid position `position` (0-based)."""
-        token = (token + self.prior.spatial_pos[self.prior.PREFIX + position])[:, None]  # (B, 1, d)
+        token = (token + self.bias + self.prior.spatial_pos[self.prior.PREFIX + position])[:, None]  # (B, 1, d)
         self.sequence = torch.cat([self.sequence, token], dim=1)
         self.pending = token
 
