@@ -9,6 +9,7 @@ run per stage sharing a pipeline tag, and the GGUF decodes identically with the 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -25,9 +26,32 @@ STAGES = {"fetch_data", "preprocess", "fetch_base", "finetune_lora", "quantize",
 RQ_STAGES = {"train_rqvae", "train_refiner", "train_prior", "evaluate"}
 
 
+# What these tests check (wiring, caching, lineage, byte-identical re-runs) does not depend on how
+# long the models train, so the copy trains each for at most this many steps: the DAG and its
+# `rqvae.levels=2` experiment then fit the CI budget. The quality figures come from `make repro`.
+E2E_MAX_STEPS = 40
+E2E_GEN_SAMPLES = 8
+
+
+def shorten_toy_training(params: Path) -> None:
+    """Cap every `max_steps` and `gen_samples` of the toy profile in `params` (a text edit: the
+    comments and layout the other tests edit stay as they are)."""
+    lines = params.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("  toy:"))
+    end = next(i for i, line in enumerate(lines) if i > start and re.match(r"  \w", line))
+    for i in range(start, end):
+        lines[i] = re.sub(r"(max_steps:\s*)(\d+)", lambda m: m[1] + str(min(int(m[2]), E2E_MAX_STEPS)), lines[i])
+        lines[i] = re.sub(r"(gen_samples:\s*)(\d+)", lambda m: m[1] + str(min(int(m[2]), E2E_GEN_SAMPLES)), lines[i])
+    params.write_text("".join(lines))
+    toy_profile = yaml.safe_load(params.read_text())["profiles"]["toy"]
+    assert all(section.get("max_steps", 0) <= E2E_MAX_STEPS for section in toy_profile.values()), toy_profile
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
     repo = make_repo_copy(tmp_path_factory.mktemp("e2e"))
+    shorten_toy_training(repo / "params.yaml")
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "shorter training"], cwd=repo)
     first = dvc("repro", cwd=repo)
     assert ran_stages(first.stdout) == STAGES, first.stdout
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "toy results"], cwd=repo)
