@@ -32,6 +32,7 @@ OTHER_INPUTS: dict[str, str] = {
     "reports/lora/samples.png": "finetune_lora",
     "reports/benchmark/memory.png": "benchmark",
     "reports/benchmark/frontier.png": "benchmark",
+    "reports/quantize/bits_per_layer.png": "quantize",
     "reports/benchmark/samples.png": "benchmark",
     "reports/refiner/progressive.png": "train_refiner",
     "models/base": "fetch_base",
@@ -47,7 +48,8 @@ SD_SAMPLES = "evaluate/sd_samples.png"  # drawn by the evaluate stage, relative 
 # every picture the report shows, relative to reports/ (where report.md lives)
 GENERATION_PICTURES = ("evaluate/generation.png", "evaluate/rq_scores.png")  # drawn by evaluate too
 PICTURES = (SD_SAMPLES, *GENERATION_PICTURES, "benchmark/memory.png", "benchmark/frontier.png", "benchmark/samples.png",
-            "lora/samples.png", "refiner/progressive.png")
+            "quantize/bits_per_layer.png", "lora/samples.png", "refiner/progressive.png")
+BASELINE_LABELS = {"uniform_Q4_K": "uniform Q4_K", "uniform_Q3_K": "uniform Q3_K"}  # the rest print as named
 REFERENCE = "fp16"
 COMPRESSED = "q4k_unet_int8_clip_cpu_vae"
 RGB_BITS_PER_PIXEL = 24  # an uncompressed 8-bit RGB pixel, the yardstick for bits per image
@@ -320,6 +322,32 @@ def _sd_bytes_tables(quant: Mapping[str, Any], bench: Mapping[str, Any]) -> str:
             + f"):\n\n{resident}")
 
 
+def _mix_section(quant: Mapping[str, Any]) -> str:
+    """The UNet's types along its blocks; under a byte budget the allocation, and (quantize.baselines)
+    the allocation against uniform types and rule mixes at the same bytes."""
+    parts = ["Bits per weight of each UNet tensor along the UNet (down → mid → up):",
+             "![bits per weight along the UNet](quantize/bits_per_layer.png)"]
+    alloc = quant.get("allocation")
+    if alloc:
+        shares = ", ".join(f"{t} {100 * v:.1f}%" for t, v in sorted(alloc.get("param_share", {}).items(), key=lambda kv: -kv[1]))
+        parts.append(f"Types chosen per tensor under a budget of {fmt_bytes(quant.get('budget_bytes'))} from the measured "
+                     f"sensitivity ({quant.get('sensitivity')}): {fmt_bytes(alloc.get('tensor_bytes'))} of tensors, "
+                     f"{fmt_num(alloc.get('bpw'), '.3f')} bits/weight; share of weights: {shares}.")
+    rows = []
+    for label, row in (quant.get("baselines") or {}).items():
+        if not isinstance(row, dict) or "baseline" not in row:
+            continue
+        base, mine = row["baseline"], row["allocation"]
+        rows.append([BASELINE_LABELS.get(label, label.replace("_", " ")), fmt_bytes(row.get("budget_bytes")),
+                     fmt_num(base.get("noise_rel_rmse"), ".4f"), fmt_num(mine.get("noise_rel_rmse"), ".4f"),
+                     fmt_db(base.get("image_psnr_db")), fmt_db(mine.get("image_psnr_db"))])
+    if rows:
+        parts.append("At equal bytes, on prompts and a seed the sensitivities never saw (noise-prediction relative RMSE "
+                     "vs the unquantized UNet, lower is better; image PSNR vs unquantized, higher is better):")
+        parts.append(markdown_table(["baseline", "bytes", "baseline drift", "allocation drift", "baseline image", "allocation image"], rows))
+    return "\n\n".join(parts)
+
+
 def _lora_section(lora: Mapping[str, Any]) -> str:
     share = _ratio(lora.get("trainable_params"), lora.get("total_params"))
     rows = [
@@ -419,6 +447,7 @@ def build_report(
         "![peak memory vs seconds per image](benchmark/frontier.png)",
         "### Where the bytes are",
         _sd_bytes_tables(metrics["quantize"], bench),
+        _mix_section(metrics["quantize"]),
         "### Samples: compressed vs uncompressed",
         f"![compressed vs uncompressed samples]({SD_SAMPLES})",
         samples_caption or "Same prompts and seeds in both rows.",
