@@ -57,7 +57,8 @@ def test_quantize_stage_writes_folder_metrics_and_metadata(stage_dir, stage_outp
     from squeezegen.tracking import merge_perf
 
     on_disk = json.loads((stage_dir / "metrics" / "quantize.json").read_text())
-    assert set(on_disk["perf"]) == {"quantize_seconds", "unet_quantize_seconds"}  # timings apart from the rest
+    calibrated = {"calib_seconds"} if returned["importance"] == "activations" else set()  # quantize.importance
+    assert set(on_disk["perf"]) == {"quantize_seconds", "unet_quantize_seconds"} | calibrated  # timings apart from the rest
     written = merge_perf(on_disk)
     assert written == json.loads(json.dumps(returned))
     for key in ("unet_bytes_fp16", "unet_bytes_gguf", "unet_bpw", "q4k_fraction", "rel_rmse_mean", "rel_rmse_max",
