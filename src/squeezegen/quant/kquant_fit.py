@@ -91,7 +91,7 @@ def scaled_importance(x: np.ndarray, importance: np.ndarray, sigma_factor: float
     return importance * default_importance(x, sigma_factor)
 
 
-def _level_sums(c: Columns, q: np.ndarray):
+def level_sums(c: Columns, q: np.ndarray):
     """Σwl, Σwl², Σwxl per column for levels q (sub, S)."""
     wq = c.w * q
     return wq.sum(axis=0), np.einsum("ij,ij->j", wq, q), np.einsum("ij,ij->j", c.wx, q)
@@ -154,7 +154,7 @@ def quantize_scales(v: np.ndarray, sw: np.ndarray, lo: int, hi: int, top: int, g
 # ---------------------------------------------------------------- affine family
 
 
-def _affine_error(c, step, offset, sl, sll, sxl):
+def affine_error(c, step, offset, sl, sll, sxl):
     """Σ w·(step·l − offset − x)² per column, from the sums."""
     return (step * step * sll - 2 * step * offset * sl + offset * offset * c.sw
             - 2 * step * sxl + 2 * offset * c.swx + c.swxx)
@@ -186,12 +186,12 @@ def _search_affine(c: Columns, spec: AffineSpec):
     best_scale = span / spec.level_max
     best_low = low
     q = _affine_levels(c.x, best_scale, -low, spec.level_max)
-    best_err = _affine_error(c, best_scale, -low, *_level_sums(c, q))
+    best_err = affine_error(c, best_scale, -low, *level_sums(c, q))
     for k in range(n + 1):
         q = np.clip(np.rint((c.x - low) * ((spec.level_max + start + step * k) * inv_span)), 0, spec.level_max)
-        sums = _level_sums(c, q)
+        sums = level_sums(c, q)
         scale, fit_low, ok = _affine_lsq(c, *sums)
-        err = _affine_error(c, scale, -fit_low, *sums)
+        err = affine_error(c, scale, -fit_low, *sums)
         better = ok & (err < best_err)
         best_err = np.where(better, err, best_err)
         best_scale = np.where(better, scale, best_scale)
@@ -203,14 +203,14 @@ def _refine_affine(c: Columns, spec: AffineSpec, d16, dmin16, sc, m, q):
     """One round of both refinements (affine); each kept only where the weighted error falls."""
     rep = lambda v: np.repeat(v.astype(np.float32), spec.n_sub)  # noqa: E731  (B,) → (S,)
     d, dmin = rep(d16), rep(dmin16)
-    sums = _level_sums(c, q)
-    err = _affine_error(c, d * sc, dmin * m, *sums)
+    sums = level_sums(c, q)
+    err = affine_error(c, d * sc, dmin * m, *sums)
     scale, low, ok = _affine_lsq(c, *sums)
     new_sc = np.clip(np.rint(_safe_div(scale, d)), 0, spec.scale_max)
     new_m = np.clip(np.rint(_safe_div(-low, dmin)), 0, spec.scale_max)
     new_q = _affine_levels(c.x, d * new_sc, dmin * new_m, spec.level_max)
-    new_sums = _level_sums(c, new_q)
-    new_err = _affine_error(c, d * new_sc, dmin * new_m, *new_sums)
+    new_sums = level_sums(c, new_q)
+    new_err = affine_error(c, d * new_sc, dmin * new_m, *new_sums)
     better = ok & (new_err < err)
     sc, m, q = np.where(better, new_sc, sc), np.where(better, new_m, m), np.where(better, new_q, q)
     err = np.where(better, new_err, err)
@@ -226,7 +226,7 @@ def _refine_affine(c: Columns, spec: AffineSpec, d16, dmin16, sc, m, q):
         new_dmin16 = _safe_div(sxa * sab - sxb * saa, det).astype(np.float16)
     d, dmin = rep(new_d16), rep(new_dmin16)
     new_q = _affine_levels(c.x, d * sc, dmin * m, spec.level_max)
-    new_err = _affine_error(c, d * sc, dmin * m, *_level_sums(c, new_q))
+    new_err = affine_error(c, d * sc, dmin * m, *level_sums(c, new_q))
     better = (det > 0) & np.isfinite(new_d16) & np.isfinite(new_dmin16) & (new_d16 >= 0) & (new_dmin16 >= 0)
     better &= _blocks(new_err, n) < _blocks(err, n)
     q = np.where(np.repeat(better, n), new_q, q)
@@ -273,7 +273,7 @@ def _search_symmetric(c: Columns, spec: SymmetricSpec) -> np.ndarray:
     for k in range(-n, n + 1):
         inv = _safe_div(np.float32(-(spec.level_neg + step * k)), vmax)
         q = np.clip(np.rint(c.x * inv), -spec.level_neg, spec.level_neg - 1)
-        _, sll, sxl = _level_sums(c, q)
+        _, sll, sxl = level_sums(c, q)
         score = _safe_div(sxl * sxl, sll)  # error = Σwx² − score at the least-squares scale
         better = (sll > 0) & (score > best_score)
         best_score = np.where(better, score, best_score)
@@ -284,11 +284,11 @@ def _search_symmetric(c: Columns, spec: SymmetricSpec) -> np.ndarray:
 def _refine_symmetric(c: Columns, spec: SymmetricSpec, d16, sc, q):
     n = spec.n_sub
     d = np.repeat(d16.astype(np.float32), n)
-    _, sll, sxl = _level_sums(c, q)
+    _, sll, sxl = level_sums(c, q)
     err = _sym_error(c, d * sc, sll, sxl)
     new_sc = np.clip(np.rint(_safe_div(_safe_div(sxl, sll), d)), -spec.scale_neg, spec.scale_neg - 1)
     new_q = _sym_levels(c.x, d * new_sc, spec)
-    _, new_sll, new_sxl = _level_sums(c, new_q)
+    _, new_sll, new_sxl = level_sums(c, new_q)
     new_err = _sym_error(c, d * new_sc, new_sll, new_sxl)
     better = new_err < err
     sc, q, err = np.where(better, new_sc, sc), np.where(better, new_q, q), np.where(better, new_err, err)
@@ -298,7 +298,7 @@ def _refine_symmetric(c: Columns, spec: SymmetricSpec, d16, sc, q):
         new_d16 = _safe_div(_blocks(sc * sxl, n), _blocks(sc * sc * sll, n)).astype(np.float16)
     d = np.repeat(new_d16.astype(np.float32), n)
     new_q = _sym_levels(c.x, d * sc, spec)
-    _, new_sll, new_sxl = _level_sums(c, new_q)
+    _, new_sll, new_sxl = level_sums(c, new_q)
     new_err = _sym_error(c, d * sc, new_sll, new_sxl)
     better = np.isfinite(new_d16) & (_blocks(new_err, n) < _blocks(err, n))
     q = np.where(np.repeat(better, n), new_q, q)

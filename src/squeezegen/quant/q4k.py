@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from squeezegen.errors import UserError
+from squeezegen.quant.kquant_fit import Columns, affine_error, columns, level_sums
 
 if TYPE_CHECKING:  # torch is imported lazily: the numpy codec does not need it
     import torch
@@ -59,33 +60,7 @@ Method = Literal["refined", "ggml", "minmax"]
 # come from the level sums in closed form, so a candidate costs one pass over the levels.
 
 
-class _Columns(NamedTuple):
-    x: np.ndarray  # (SUB, S) inputs
-    w: np.ndarray  # (SUB, S) importance
-    wx: np.ndarray  # (SUB, S) w·x
-    sw: np.ndarray  # (S,) Σw
-    swx: np.ndarray  # (S,) Σwx
-    swxx: np.ndarray  # (S,) Σwx²
-
-
-def _columns(x: np.ndarray, w: np.ndarray) -> _Columns:
-    wx = w * x
-    return _Columns(x, w, wx, w.sum(axis=0), wx.sum(axis=0), np.einsum("ij,ij->j", wx, x))
-
-
-def _level_sums(c: _Columns, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Σwl, Σwl², Σwxl per column for levels q (SUB, S)."""
-    wq = c.w * q
-    return wq.sum(axis=0), np.einsum("ij,ij->j", wq, q), np.einsum("ij,ij->j", c.wx, q)
-
-
-def _sq_error(c: _Columns, step, offset, sl, sll, sxl):
-    """Σ w·(step·l − offset − x)² per column, from the sums; (S,)."""
-    return (step * step * sll - 2 * step * offset * sl + offset * offset * c.sw
-            - 2 * step * sxl + 2 * offset * c.swx + c.swxx)
-
-
-def _lsq_scale_low(c: _Columns, sl, sll, sxl):
+def _lsq_scale_low(c: Columns, sl, sll, sxl):
     """Weighted least squares x ≈ scale·l + low with ggml's clamp low ≤ 0.
 
     Returns scale, low, their error and whether the fit is defined (levels not all equal); (S,).
@@ -100,7 +75,7 @@ def _lsq_scale_low(c: _Columns, sl, sll, sxl):
     return scale, low, c.swxx - scale * sxl - low * c.swx, det > 0
 
 
-def _fit_subblocks(c: _Columns) -> tuple[np.ndarray, np.ndarray]:
+def _fit_subblocks(c: Columns) -> tuple[np.ndarray, np.ndarray]:
     """ggml's make_qkx2_quants on all sub-blocks -> scale (S,), low (S,) ≤ 0.
 
     As in ggml, each grid point rounds relative to the best min found so far (not the data's
@@ -110,12 +85,12 @@ def _fit_subblocks(c: _Columns) -> tuple[np.ndarray, np.ndarray]:
     low = np.minimum(c.x.min(axis=0), 0)  # (S,)
     q = np.empty_like(c.x)
 
-    def level_sums(inv_scale, low):  # round to levels for one inverse scale per column
+    def rounded_sums(inv_scale, low):  # round to levels for one inverse scale per column
         np.subtract(c.x, low, out=q)
         np.multiply(q, inv_scale, out=q)
         np.rint(q, out=q)
         np.clip(q, 0, LEVEL_MAX, out=q)
-        return _level_sums(c, q)
+        return level_sums(c, q)
 
     def inverse_span(low):
         span = top - low
@@ -124,9 +99,9 @@ def _fit_subblocks(c: _Columns) -> tuple[np.ndarray, np.ndarray]:
     inv_span = inverse_span(low)
     best_scale = (top - low) / LEVEL_MAX  # the plain min/max fit is the starting point
     best_low = low
-    best_err = _sq_error(c, best_scale, -low, *level_sums(LEVEL_MAX * inv_span, low))
+    best_err = affine_error(c, best_scale, -low, *rounded_sums(LEVEL_MAX * inv_span, low))
     for k in range(GRID_STEPS + 1):
-        sums = level_sums((LEVEL_MAX + GRID_START + GRID_STEP * k) * inv_span, best_low)
+        sums = rounded_sums((LEVEL_MAX + GRID_START + GRID_STEP * k) * inv_span, best_low)
         scale, fit_low, err, solvable = _lsq_scale_low(c, *sums)
         better = solvable & (err < best_err)
         if better.any():
@@ -162,7 +137,7 @@ def _per_column(v16: np.ndarray) -> np.ndarray:
     return np.repeat(v16.astype(np.float32), N_SUB)  # (B,) fp16 -> (S,) float32
 
 
-def _refine(c: _Columns, d16, dmin16, sc, m, q):
+def _refine(c: Columns, d16, dmin16, sc, m, q):
     """One round of the two refinements; each change is kept only where the weighted error falls.
 
     1. Each sub-block: least-squares scale and min on its current levels, rounded to the 6-bit
@@ -173,14 +148,14 @@ def _refine(c: _Columns, d16, dmin16, sc, m, q):
     """
     n_blocks = d16.shape[0]
     d, dmin = _per_column(d16), _per_column(dmin16)
-    sums = _level_sums(c, q)
-    err = _sq_error(c, d * sc, dmin * m, *sums)
+    sums = level_sums(c, q)
+    err = affine_error(c, d * sc, dmin * m, *sums)
     scale, low, _, solvable = _lsq_scale_low(c, *sums)
     new_sc = np.clip(np.rint(np.divide(scale, d, out=sc.copy(), where=d > 0)), 0, SCALE_MAX)
     new_m = np.clip(np.rint(np.divide(-low, dmin, out=m.copy(), where=dmin > 0)), 0, SCALE_MAX)
     new_q = _nearest_levels(c.x, d * new_sc, dmin * new_m)
-    new_sums = _level_sums(c, new_q)
-    new_err = _sq_error(c, d * new_sc, dmin * new_m, *new_sums)
+    new_sums = level_sums(c, new_q)
+    new_err = affine_error(c, d * new_sc, dmin * new_m, *new_sums)
     better = solvable & (new_err < err)  # (S,)
     sc, m = np.where(better, new_sc, sc), np.where(better, new_m, m)
     err = np.where(better, new_err, err)
@@ -197,7 +172,7 @@ def _refine(c: _Columns, d16, dmin16, sc, m, q):
     new_dmin16 = ((sxa * sab - sxb * saa) / det).astype(np.float16)
     d, dmin = _per_column(new_d16), _per_column(new_dmin16)
     new_q = _nearest_levels(c.x, d * sc, dmin * m)
-    new_err = _sq_error(c, d * sc, dmin * m, *_level_sums(c, new_q))
+    new_err = affine_error(c, d * sc, dmin * m, *level_sums(c, new_q))
     better = (det > 0) & np.isfinite(new_d16) & np.isfinite(new_dmin16)
     better &= per_block(new_err) < per_block(err)
     q = np.where(np.repeat(better, N_SUB), new_q, q)
@@ -219,15 +194,15 @@ def _quantize_chunk(x: np.ndarray, w: np.ndarray | None, method: Method) -> np.n
             wt = np.sqrt((xt * xt).mean(axis=0)) + np.abs(xt)  # (SUB, S)
         else:
             wt = np.ascontiguousarray(w.reshape(n_blocks * N_SUB, SUB).T, dtype=np.float32)
-        columns = _columns(xt, wt)
-        scale, low = _fit_subblocks(columns)
+        cols = columns(xt, wt)
+        scale, low = _fit_subblocks(cols)
     d16, sc = _to_six_bits(np.maximum(scale, 0).reshape(n_blocks, N_SUB))
     dmin16, m = _to_six_bits(-low.reshape(n_blocks, N_SUB))
     sc, m = sc.reshape(-1), m.reshape(-1)  # (S,)
     q = _nearest_levels(xt, _per_column(d16) * sc, _per_column(dmin16) * m)  # (SUB, S)
     if method == "refined":
         for _ in range(REFINE_ROUNDS):
-            d16, dmin16, sc, m, q = _refine(columns, d16, dmin16, sc, m, q)
+            d16, dmin16, sc, m, q = _refine(cols, d16, dmin16, sc, m, q)
     q = q.T.reshape(n_blocks, N_SUB, SUB)
     sc, m = sc.reshape(n_blocks, N_SUB), m.reshape(n_blocks, N_SUB)
     _encode_constant_blocks(x, d16, dmin16, sc, m, q)
