@@ -83,6 +83,17 @@ class LoopSettings:
             raise ValueError("LoopSettings.warmup_steps and num_workers must be >= 0")
 
 
+def cosine_settings(section: Any, *, seed: int) -> LoopSettings:
+    """AdamW with a linear warm-up then cosine decay, from a params section's max_steps, lr,
+    checkpoint_every, batch_size, warmup_steps, max_grad_norm and (where it has one) weight_decay:
+    the schedule of train_rqvae, train_refiner, train_judge and train_prior."""
+    return LoopSettings(
+        max_steps=section.max_steps, lr=section.lr, checkpoint_every=section.checkpoint_every, seed=seed,
+        batch_size=section.batch_size, lr_scheduler="cosine", warmup_steps=section.warmup_steps,
+        weight_decay=getattr(section, "weight_decay", 0.0), max_grad_norm=section.max_grad_norm,
+    )
+
+
 @dataclass
 class TrainResult:
     """What `train` returns. `history` is the same on every process (losses are averaged across them);

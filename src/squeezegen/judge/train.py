@@ -25,7 +25,7 @@ from squeezegen.data.captions import GENRES, STYLES
 from squeezegen.errors import UserError
 from squeezegen.judge.model import Judge, judge_images
 from squeezegen.seed import seed_everything
-from squeezegen.train import LoopSettings, TrainResult, train
+from squeezegen.train import TrainResult, cosine_settings, train
 
 IMAGE_COLUMN = "image_rq"  # the RQ branch's resolution: the generators it referees draw at this size
 IGNORE = -100  # label of an image whose style / genre is not one the judge knows (cross-entropy skips it)
@@ -96,14 +96,6 @@ def load_judge_data(processed_dir: str | Path, split: str, *, column: str = IMAG
 
 
 # ------------------------------------------------------------------------------------ training
-
-
-def judge_settings(cfg: JudgeConfig, *, seed: int) -> LoopSettings:
-    """The loop settings of train_judge (AdamW, linear warm-up then cosine decay)."""
-    return LoopSettings(
-        max_steps=cfg.max_steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=seed, batch_size=cfg.batch_size,
-        lr_scheduler="cosine", warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-    )
 
 
 def _masked_ce(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -177,7 +169,7 @@ def train_judge(
         model=model,
         loss_fn=make_judge_loss(cfg, score_mean=mean, score_std=std),
         dataset=TensorDataset(data.images, data.style, data.genre, data.score),
-        settings=judge_settings(cfg, seed=seed),
+        settings=cosine_settings(cfg, seed=seed),
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         accelerator=accelerator,

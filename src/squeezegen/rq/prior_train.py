@@ -19,7 +19,7 @@ from squeezegen.config import PriorConfig
 from squeezegen.errors import UserError
 from squeezegen.rq.prior import PriorSpec, RQPrior
 from squeezegen.seed import seed_everything
-from squeezegen.train import LoopSettings, TrainResult, train
+from squeezegen.train import TrainResult, cosine_settings, train
 
 
 def load_conditions(processed_dir: str | Path, split: str) -> tuple[list[str], list[str], np.ndarray]:
@@ -61,14 +61,6 @@ def prior_spec(cfg: PriorConfig, *, codes: torch.Tensor, codebook_size: int, sty
     )
 
 
-def prior_settings(cfg: PriorConfig, *, seed: int) -> LoopSettings:
-    """AdamW, linear warm-up then cosine decay."""
-    return LoopSettings(
-        max_steps=cfg.max_steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=seed, batch_size=cfg.batch_size,
-        lr_scheduler="cosine", warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-    )
-
-
 def make_prior_loss(*, cond_dropout: float, seed: int) -> Callable:
     """loss_fn(model, batch, step): cross-entropy of every code, conditions dropped at random."""
 
@@ -102,7 +94,7 @@ def train_prior(
         model=model,
         loss_fn=make_prior_loss(cond_dropout=cfg.cond_dropout, seed=seed),
         dataset=TensorDataset(codes, *conditions),
-        settings=prior_settings(cfg, seed=seed),
+        settings=cosine_settings(cfg, seed=seed),
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         accelerator=accelerator,

@@ -25,7 +25,7 @@ from squeezegen.files import atomic_write_text
 from squeezegen.metrics import lpips_distance
 from squeezegen.rq.model import RQVAE
 from squeezegen.seed import seed_everything
-from squeezegen.train import LoopSettings, TrainResult, train
+from squeezegen.train import TrainResult, cosine_settings, train
 
 IMAGE_COLUMN = "image_rq"
 
@@ -148,22 +148,6 @@ def make_refiner_loss(*, lpips_weight: float, lpips_net: torch.nn.Module | None)
 # ------------------------------------------------------------------------------------ training
 
 
-def rqvae_settings(cfg: RQVAEConfig, *, seed: int) -> LoopSettings:
-    """The loop settings of train_rqvae (AdamW, linear warm-up then cosine decay)."""
-    return LoopSettings(
-        max_steps=cfg.max_steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=seed, batch_size=cfg.batch_size,
-        lr_scheduler="cosine", warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
-    )
-
-
-def refiner_settings(cfg: RefinerConfig, *, seed: int) -> LoopSettings:
-    """The loop settings of train_refiner (AdamW, linear warm-up then cosine decay)."""
-    return LoopSettings(
-        max_steps=cfg.max_steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=seed, batch_size=cfg.batch_size,
-        lr_scheduler="cosine", warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
-    )
-
-
 def build_rqvae(cfg: RQVAEConfig) -> RQVAE:
     """A fresh RQ-VAE from the rqvae config section."""
     return RQVAE(
@@ -196,7 +180,7 @@ def train_rqvae(
         model=model,
         loss_fn=make_rqvae_loss(recon_loss=cfg.recon_loss, lpips_weight=cfg.lpips_weight, lpips_net=lpips_net),
         dataset=TensorDataset(train_images),
-        settings=rqvae_settings(cfg, seed=seed),
+        settings=cosine_settings(cfg, seed=seed),
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         accelerator=accelerator,
@@ -240,7 +224,7 @@ def train_refiner(
         model=model,
         loss_fn=make_refiner_loss(lpips_weight=cfg.lpips_weight, lpips_net=lpips_net),
         dataset=TensorDataset(recon, train_images),
-        settings=refiner_settings(cfg, seed=seed),
+        settings=cosine_settings(cfg, seed=seed),
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         accelerator=accelerator,

@@ -29,14 +29,14 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
 
     from squeezegen.files import atomic_write_text
     from squeezegen.judge.model import count_parameters, save_judge
-    from squeezegen.judge.train import evaluate_judge, judge_settings, load_judge_data, score_scale, train_judge
-    from squeezegen.train import cleanup_checkpoints, make_accelerator
+    from squeezegen.judge.train import evaluate_judge, load_judge_data, score_scale, train_judge
+    from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator
 
     cfg = load_config(params, profile=profile)
     with stage_run("train_judge", cfg) as run:
         train_data = load_judge_data(PROCESSED_DIR, "train")
         val_data = load_judge_data(PROCESSED_DIR, "val")
-        accelerator = make_accelerator(judge_settings(cfg.judge, seed=cfg.seed))
+        accelerator = make_accelerator(cosine_settings(cfg.judge, seed=cfg.seed))
         parts = {"judge": cfg.section_dict("judge"), "seed": cfg.seed, "data": train_data.digest()}
         result = train_judge(
             cfg=cfg.judge,

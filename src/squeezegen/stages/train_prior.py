@@ -31,17 +31,17 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.rq.prior import save_prior
     from squeezegen.rq.generate import encode_codes
     from squeezegen.rq.prior_train import (
-        code_nll, condition_tensors, load_conditions, prior_settings, prior_spec, train_prior,
+        code_nll, condition_tensors, load_conditions, prior_spec, train_prior,
     )
     from squeezegen.rq.train import fingerprint, load_image_tensors, tensor_hash, write_history_csv
-    from squeezegen.train import cleanup_checkpoints, make_accelerator
+    from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator
 
     cfg = load_config(params, profile=profile)
     pc = cfg.prior
     if not (RQVAE_DIR / WEIGHTS_FILE).is_file():
         raise UserError(f"{RQVAE_DIR}: no trained RQ-VAE; run `dvc repro train_rqvae` first")
     with stage_run("train_prior", cfg) as run:
-        accelerator = make_accelerator(prior_settings(pc, seed=cfg.seed))
+        accelerator = make_accelerator(cosine_settings(pc, seed=cfg.seed))
         device = accelerator.device
         rqvae = load_rqvae(RQVAE_DIR, device).requires_grad_(False)
         splits = {}

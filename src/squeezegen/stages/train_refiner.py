@@ -61,10 +61,10 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.rq.pictures import render_progressive
     from squeezegen.rq.refiner import save_refiner
     from squeezegen.rq.train import (
-        fingerprint, load_image_tensors, reconstruct_batches, refiner_settings, tensor_hash, train_refiner,
+        fingerprint, load_image_tensors, reconstruct_batches, tensor_hash, train_refiner,
         write_history_csv,
     )
-    from squeezegen.train import cleanup_checkpoints, make_accelerator
+    from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator
 
     cfg = load_config(params, profile=profile)
     ref = cfg.refiner
@@ -72,7 +72,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     for folder, file, stage in [(PROCESSED_DIR, "dataset_dict.json", "preprocess"), (RQVAE_DIR, WEIGHTS_FILE, "train_rqvae")]:
         if not (folder / file).is_file():
             raise UserError(f"{folder / file}: not found; run `dvc repro {stage}` first")
-    accelerator = make_accelerator(refiner_settings(ref, seed=cfg.seed))
+    accelerator = make_accelerator(cosine_settings(ref, seed=cfg.seed))
     device = accelerator.device
     lpips_net = load_lpips(ref.lpips_pretrained, device)
     n_images = sum(datasets.load_from_disk(str(PROCESSED_DIR)).num_rows.values())

@@ -61,9 +61,9 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.rq.model import count_parameters, save_rqvae
     from squeezegen.rq.pictures import render_progressive
     from squeezegen.rq.train import (
-        fingerprint, load_image_tensors, rqvae_settings, tensor_hash, train_rqvae, write_history_csv,
+        fingerprint, load_image_tensors, tensor_hash, train_rqvae, write_history_csv,
     )
-    from squeezegen.train import cleanup_checkpoints, make_accelerator
+    from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator
 
     cfg = load_config(params, profile=profile)
     rq = cfg.rqvae
@@ -72,7 +72,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     # Everything the stage needs, checked before the first slow step.
     if not (PROCESSED_DIR / "dataset_dict.json").is_file():
         raise UserError(f"{PROCESSED_DIR}: no processed dataset; run `dvc repro preprocess` first")
-    accelerator = make_accelerator(rqvae_settings(rq, seed=cfg.seed))
+    accelerator = make_accelerator(cosine_settings(rq, seed=cfg.seed))
     device = accelerator.device
     lpips_net = load_lpips(lpips_pretrained, device)
     n_images = sum(datasets.load_from_disk(str(PROCESSED_DIR)).num_rows.values())
