@@ -67,18 +67,6 @@ def _moves_with_to(module: nn.Module) -> bool:
     return any(type(m).__name__ in ("Linear8bitLt", "Linear4bit") for m in module.modules())
 
 
-def _move(obj: Any, device: torch.device) -> Any:
-    """Tensors in (nested) tuples / lists / dicts moved to `device`; anything else unchanged."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):  # ModelOutput is a dict too: rebuild it as its own class
-        moved = {k: _move(v, device) for k, v in obj.items()}
-        return type(obj)(**moved) if type(obj) is not dict else moved
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_move(v, device) for v in obj)
-    return obj
-
-
 class _Component:
     """One managed component: its CPU copies and how it moves.
 
@@ -180,6 +168,7 @@ class PhaseResidency:
 
 def _make_hook(residency: PhaseResidency, name: str, execution_device: torch.device, stays_on_cpu: bool):
     from accelerate.hooks import ModelHook
+    from accelerate.utils import send_to_device  # nested tensors (tuples, dicts, ModelOutputs) to a device
 
     class PhaseHook(ModelHook):
         """Before a call: this component's phase begins. A CPU-run component gets its inputs on the CPU
@@ -191,11 +180,11 @@ def _make_hook(residency: PhaseResidency, name: str, execution_device: torch.dev
         def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
             residency.activate(name)
             if stays_on_cpu:
-                return _move(args, torch.device("cpu")), _move(kwargs, torch.device("cpu"))
+                return send_to_device(args, "cpu"), send_to_device(kwargs, "cpu")
             return args, kwargs
 
         def post_forward(self, module: nn.Module, output: Any) -> Any:
-            return _move(output, execution_device) if stays_on_cpu else output
+            return send_to_device(output, execution_device) if stays_on_cpu else output
 
     return PhaseHook()
 
