@@ -73,12 +73,17 @@ def test_sd15_memory_runs_every_configuration_by_default_and_checks_the_lean_tar
     summary = {
         "fp16": {"peak_bytes": 2.8e9, "seconds_per_image": 0.65},
         "q4k_unet": {"peak_bytes": 1.6e9, "seconds_per_image": 0.70},
+        "fp16_cuda_graph": {"peak_bytes": 2.8e9, "seconds_per_image": 0.50},
+        "q4k_unet_cuda_graph": {"peak_bytes": 1.6e9, "seconds_per_image": 0.60},
         "lean": {"peak_bytes": 5.5e8, "seconds_per_image": 1.2},
         "fp16_sequential_offload": {"peak_bytes": 8.0e8, "seconds_per_image": 6.0},
     }
     t = bench.lean_targets(summary, applies=True)
     assert t["lean"]["peak_at_most_0_60_GB"] and t["lean"]["at_most_1_5_s"]
     assert t["lean_vs_sequential_offload"] == {"peak_below": True, "speedup": 5.0, "speedup_at_least_3x": True}
-    assert math.isclose(t["q4k_unet_speed"]["ratio_vs_fp16"], 0.70 / 0.65) and t["q4k_unet_speed"]["at_most_1_15x"]
+    assert math.isclose(t["q4k_unet_speed"]["ratio"], 0.70 / 0.65) and t["q4k_unet_speed"]["at_most_1_15x"]
+    assert math.isclose(t["q4k_unet_cuda_graph_vs_fp16_speed"]["ratio"], 0.60 / 0.65)
+    graphs = t["q4k_unet_cuda_graph_vs_fp16_cuda_graph_speed"]
+    assert math.isclose(graphs["ratio"], 0.60 / 0.50) and not graphs["at_most_1_15x"]
     summary["fp16_sequential_offload"] = {"skipped": "no accelerator"}
     assert "lean_vs_sequential_offload" not in bench.lean_targets(summary, applies=False)

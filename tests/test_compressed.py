@@ -190,3 +190,7 @@ def test_phase_residency_computes_the_same_bits_as_the_resident_pipeline(runs):
     assert [e["calls"] for e in trace.events] == [2, STEPS, 1] * 2  # encode: cond + uncond prompt
     assert all(e["runs_on"] == ("cpu") for e in trace.events)
     assert runs["lean"]["bundle"].pipe.text_encoder.device.type == "cpu"
+    for name in ("lean", "lean_cfg_batch"):  # they ask for a CUDA graph; a CPU has none: eager, said in a note
+        bundle = runs[name]["bundle"]
+        assert bundle.spec.cuda_graph and bundle.cuda_graph is None and not hasattr(bundle.pipe.unet, "cuda_graph")
+        assert any("no CUDA graph" in note for note in bundle.notes)

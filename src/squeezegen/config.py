@@ -142,7 +142,8 @@ BENCHMARK_CONFIGS = ("fp16", "q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_cl
 class BenchmarkConfig:
     """benchmark."""
 
-    configs: tuple[Literal["fp16", "q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_clip_cpu_vae",
+    configs: tuple[Literal["fp16", "q4k_unet", "fp16_cuda_graph", "q4k_unet_cuda_graph",
+                           "q4k_unet_int8_clip", "q4k_unet_int8_clip_cpu_vae",
                            "q4k_unet_int8_clip_tiled_vae", "lean", "lean_cfg_batch", "lean_tiny_vae",
                            "fp16_model_offload", "fp16_sequential_offload"], ...]
     compute_dtype: Literal["float16", "bfloat16", "float32"]

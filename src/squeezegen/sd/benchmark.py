@@ -52,6 +52,7 @@ PRELOAD = (
     "squeezegen.quant.int8",
     "squeezegen.sd.lean",
     "squeezegen.sd.residency",
+    "squeezegen.sd.cuda_graph",
     "accelerate.hooks",
 )
 
@@ -113,7 +114,7 @@ def run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
 
 def _spec_fields(spec: Any, device: torch.device) -> dict[str, Any]:
     return {"placement": spec.placement, "cfg": spec.cfg, "attention": spec.attention, "vae": spec.vae,
-            "device": str(device), "device_name": device_name(device)}
+            "cuda_graph": spec.cuda_graph, "device": str(device), "device_name": device_name(device)}
 
 
 def _run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
@@ -158,6 +159,8 @@ def _run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
         "residency_trace": [{k: v for k, v in e.items() if k != "move_seconds"} for e in trace] if trace is not None else None,
         "residency_move_seconds": sum(e["move_seconds"] for e in trace) if trace is not None else None,
         "notes": bundle.notes,
+        # captures / replays / eager calls of the UNet step's CUDA graph (None: no graph in this run)
+        "cuda_graph_stats": bundle.cuda_graph.stats.as_dict() if bundle.cuda_graph is not None else None,
         "peak_bytes": peak["peak_bytes"],
         "peak_allocated": peak["peak_allocated"],
         "peak_reserved": peak["peak_reserved"],
@@ -311,6 +314,10 @@ def _how(m: dict[str, Any]) -> str:
     parts += [f"CFG {m.get('cfg', 'batch')}", m.get("attention", "sdpa")]
     if m.get("vae_tile_px"):
         parts.append(f"VAE tiles {m['vae_tile_px']} px")
+    if m.get("cuda_graph_stats"):
+        parts.append("UNet step in a CUDA graph")
+    elif m.get("cuda_graph"):
+        parts.append("CUDA graph asked for, none on this device")
     return ", ".join(parts)
 
 
@@ -397,7 +404,7 @@ def memory_chart(summary: dict[str, Any], path: str) -> None:
 
 def _label(name: str) -> str:
     return (name.replace("_int8_clip", "\n+ int8 clip").replace("_cpu_vae", "\n+ cpu vae").replace("_tiled_vae", "\n+ tiled vae")
-            .replace("_offload", "\noffload").replace("lean_", "lean\n"))
+            .replace("_offload", "\noffload").replace("lean_", "lean\n").replace("_cuda_graph", "\n+ cuda graph"))
 
 
 def frontier_chart(summary: dict[str, Any], path: str) -> None:

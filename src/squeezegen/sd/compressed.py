@@ -14,7 +14,10 @@ Configurations (each adds one saving to the previous):
 - `lean`: that, plus phase residency (`sd.residency`: each component on the device only for its
   phase; the 8-bit text encoder runs on the CPU unless `lean_text_encoder="device"`) and
   classifier-free guidance as two UNet passes of batch 1; `lean_cfg_batch`: the same with one pass
-  of batch 2; `lean_tiny_vae`: `lean` with a tiny decoder (AutoencoderTiny, `tiny_vae`);
+  of batch 2; `lean_tiny_vae`: `lean` with a tiny decoder (AutoencoderTiny, `tiny_vae`); all three
+  serve the UNet step from a CUDA graph (`sd.cuda_graph`), dropped when the UNet leaves the device;
+- `fp16_cuda_graph`, `q4k_unet_cuda_graph`: `fp16` and `q4k_unet` with the UNet step in a CUDA graph
+  (a CPU has none: there they run eagerly, with a note);
 - peers, what a diffusers user would reach for: `fp16_model_offload` (`enable_model_cpu_offload`)
   and `fp16_sequential_offload` (`enable_sequential_cpu_offload` + attention slicing).
 
@@ -39,6 +42,7 @@ from PIL import Image
 
 from squeezegen.errors import UserError
 from squeezegen.memory import PeakMemory, component_bytes, free_memory, measure_peak
+from squeezegen.sd.cuda_graph import enable_cuda_graph
 
 
 
@@ -47,7 +51,8 @@ class ConfigSpec:
     """One configuration's recipe. unet: fp16 | q4k; text_encoder: fp16 | int8; vae: device (as loaded) |
     cpu (fp32 on the CPU) | tiled (device, tiled decode) | tiny (AutoencoderTiny, device); placement:
     resident (all on the device) | phase (sd.residency) | model_offload | sequential_offload
-    (diffusers' own); cfg: batch (one UNet pass of 2) | serial (two of 1); attention: sdpa | sliced."""
+    (diffusers' own); cfg: batch (one UNet pass of 2) | serial (two of 1); attention: sdpa | sliced;
+    cuda_graph: serve the UNet step from a captured CUDA graph (sd.cuda_graph; CUDA only)."""
 
     unet: str
     text_encoder: str
@@ -55,6 +60,7 @@ class ConfigSpec:
     placement: str = "resident"
     cfg: str = "batch"
     attention: str = "sdpa"
+    cuda_graph: bool = False
 
 
 SPECS: dict[str, ConfigSpec] = {
@@ -63,9 +69,11 @@ SPECS: dict[str, ConfigSpec] = {
     "q4k_unet_int8_clip": ConfigSpec("q4k", "int8", "device"),
     "q4k_unet_int8_clip_cpu_vae": ConfigSpec("q4k", "int8", "cpu"),
     "q4k_unet_int8_clip_tiled_vae": ConfigSpec("q4k", "int8", "tiled"),
-    "lean": ConfigSpec("q4k", "int8", "tiled", "phase", cfg="serial"),
-    "lean_cfg_batch": ConfigSpec("q4k", "int8", "tiled", "phase", cfg="batch"),
-    "lean_tiny_vae": ConfigSpec("q4k", "int8", "tiny", "phase", cfg="serial"),
+    "fp16_cuda_graph": ConfigSpec("fp16", "fp16", "device", cuda_graph=True),
+    "q4k_unet_cuda_graph": ConfigSpec("q4k", "fp16", "device", cuda_graph=True),
+    "lean": ConfigSpec("q4k", "int8", "tiled", "phase", cfg="serial", cuda_graph=True),
+    "lean_cfg_batch": ConfigSpec("q4k", "int8", "tiled", "phase", cfg="batch", cuda_graph=True),
+    "lean_tiny_vae": ConfigSpec("q4k", "int8", "tiny", "phase", cfg="serial", cuda_graph=True),
     "fp16_model_offload": ConfigSpec("fp16", "fp16", "device", "model_offload"),
     "fp16_sequential_offload": ConfigSpec("fp16", "fp16", "device", "sequential_offload", attention="sliced"),
 }
@@ -103,6 +111,7 @@ class PipelineBundle:
     load_peak: PeakMemory | None = None
     spec: ConfigSpec | None = None
     residency: Any = None  # sd.residency.PhaseResidency for placement "phase"
+    cuda_graph: Any = None  # sd.cuda_graph.CUDAGraphForward serving the UNet step (CUDA configurations with cuda_graph)
     resident: dict[str, dict[str, Any]] | None = None  # component_bytes before offload hooks moved anything
     notes: list[str] = field(default_factory=list)
 
@@ -266,12 +275,19 @@ def build_pipeline(
             lean.enable_tiled_decode(pipe.vae, vae_tile_px)
         if spec.attention != "sdpa":
             lean.set_attention(pipe, spec.attention)
+        # The graph wraps the innermost UNet step: before serial CFG splits calls and before the
+        # placement hooks move weights (see sd.cuda_graph).
+        graph = enable_cuda_graph(pipe.unet, on_error="eager") if spec.cuda_graph and device.type == "cuda" else None
         if spec.cfg == "serial":
             lean.enable_serial_cfg(pipe.unet)
         resident = component_bytes(pipe)  # before any hook moves a weight
         bundle = PipelineBundle(name=config_name, pipe=pipe, device=device, dtype=dtype, vae_device=vae_device,
-                                vae_dtype=vae_dtype, spec=spec, resident=resident)
+                                vae_dtype=vae_dtype, spec=spec, resident=resident, cuda_graph=graph)
+        if spec.cuda_graph and graph is None:
+            bundle.notes.append("CPU run: no CUDA graph to capture; the UNet runs eagerly")
         _place(bundle, te_on_cpu)
+        if graph is not None and bundle.residency is not None:
+            bundle.residency.on_leave("unet", graph.release)  # the decode phase needs no UNet activations
         pipe.set_progress_bar_config(disable=True)
     bundle.load_seconds = time.perf_counter() - start
     bundle.load_peak = load_peak

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -128,6 +128,20 @@ class PhaseResidency:
         self.components, self.device = components, device
         self.trace = ResidencyTrace()
         self.active: str | None = None
+        self._on_leave: dict[str, list[Callable[[], None]]] = {}
+
+    def on_leave(self, name: str, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever `name`'s phase ends (before its weights leave the device), e.g. to
+        drop a CUDA graph whose memory pool would otherwise stay through the next phase."""
+        if name not in self.components:
+            raise ValueError(f"phase residency manages {list(self.components)}, not {name!r}")
+        self._on_leave.setdefault(name, []).append(callback)
+
+    def _leave(self) -> None:
+        """The active component's phase ends: run its callbacks."""
+        if self.active is not None:
+            for callback in self._on_leave.get(self.active, ()):
+                callback()
 
     def activate(self, name: str) -> None:
         """Make `name` the running component (called by its hook before each call)."""
@@ -135,6 +149,7 @@ class PhaseResidency:
             self.trace.events[-1]["calls"] += 1
             return
         start = time.perf_counter()
+        self._leave()
         for other, comp in self.components.items():
             if other != name:
                 comp.offload()
@@ -154,6 +169,7 @@ class PhaseResidency:
 
     def offload_all(self) -> None:
         """Every managed component back to the CPU (e.g. between images or before freeing)."""
+        self._leave()
         for comp in self.components.values():
             comp.offload()
         self.active = None
