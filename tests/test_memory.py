@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 import torch
@@ -14,9 +16,16 @@ MB = 10**6
 needs_proc = pytest.mark.skipif(memory.current_rss() is None, reason="needs Linux /proc/self/status")
 
 
-def _touch(n_bytes: int) -> np.ndarray:
-    block = np.empty(n_bytes, dtype=np.uint8)
-    block.fill(1)  # make every page resident
+def _touch(n_bytes: int) -> mmap.mmap:
+    """n_bytes of fresh anonymous memory with every page written (resident).
+
+    Mapped straight from the kernel: a block from np.empty can be served from pages the allocator
+    kept resident after an earlier test, and the full suite once measured such a 200 MB block as
+    0 bytes. Deleting the returned map gives the pages back."""
+    block = mmap.mmap(-1, n_bytes)
+    view = np.frombuffer(block, dtype=np.uint8)
+    view.fill(1)
+    del view  # release the buffer export, so the map can be closed when the caller drops it
     return block
 
 
