@@ -125,6 +125,25 @@ def test_guidance_zero_is_unconditional_sampling():
     assert torch.equal(_sample(prior, guidance_scale=0.0), unconditional)
 
 
+def test_score_guidance_pushes_the_asked_score_against_its_opposite():
+    """Greedy codes with score guidance s are the argmax of l(score) + s·(l(score) − l(100 − score)),
+    both branches teacher-forced on those very codes; cached and uncached sampling agree."""
+    prior = tiny_prior(dtype=torch.float64)
+    codes = sample_codes(prior, styles=["cubism"], genres=["portrait"], scores=[80.0], seed=0, top_k=1, score_guidance_scale=4.0)
+    asked, opposite = prior(codes, prefix_for(prior, 1, score=80.0)), prior(codes, prefix_for(prior, 1, score=20.0))
+    assert torch.equal((asked + 4.0 * (asked - opposite)).argmax(-1), codes)
+    plain = sample_codes(prior, styles=["cubism"], genres=["portrait"], scores=[80.0], seed=0, top_k=1)
+    assert not torch.equal(plain, codes)  # the third branch does change what is drawn
+    kw = dict(guidance_scale=3.0, score_guidance_scale=4.0)
+    assert torch.equal(_sample(prior, **kw), _sample(prior, **kw, use_cache=False))
+
+
+def test_score_guidance_is_a_no_op_at_the_middle_score_or_without_a_score():
+    prior = tiny_prior(dtype=torch.float64)
+    args = dict(styles=["cubism", "ukiyo-e"], genres=["portrait", "landscape"], scores=[50.0, None], seed=1, guidance_scale=2.0)
+    assert torch.equal(sample_codes(prior, **args, score_guidance_scale=8.0), sample_codes(prior, **args))
+
+
 def test_top_k_one_is_greedy_and_temperature_keeps_indices_valid():
     prior = tiny_prior()
     assert torch.equal(_sample(prior, top_k=1, seed=0), _sample(prior, top_k=1, seed=99))  # no randomness left

@@ -105,5 +105,14 @@ def test_sample_command_writes_a_grid_and_names_valid_styles(project, tmp_path):
                                       "--seed", "0", "--out", str(out), *common])
     assert result.exit_code == 0, result.output
     assert "s per image" in result.output and Image.open(out).size[0] >= 2 * 128
+    again = tmp_path / "again.png"  # the default score guidance, given explicitly: the same grid
+    guidance = yaml.safe_load((project / "params.yaml").read_text())["prior"]["score_guidance_scale"]
+    result = CliRunner().invoke(app, ["sample", "--style", "cubism", "--genre", "portrait", "--score", "80", "-n", "4",
+                                      "--seed", "0", "--score-guidance", str(guidance), "--out", str(again), *common])
+    assert result.exit_code == 0, result.output
+    assert Image.open(again).tobytes() == Image.open(out).tobytes()
+    result = CliRunner().invoke(app, ["sample", "--style", "cubism", "--genre", "portrait", "--score", "80", "-n", "4",
+                                      "--seed", "0", "--score-guidance", "0", "--out", str(again), *common])
+    assert result.exit_code == 0 and Image.open(again).tobytes() != Image.open(out).tobytes()
     result = CliRunner().invoke(app, ["sample", "--style", "surrealism", "--genre", "portrait", "--out", str(out), *common])
     assert result.exit_code == 2 and "Cubism, Fauvism, Ukiyo_e" in result.output

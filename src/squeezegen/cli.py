@@ -162,6 +162,8 @@ def sample(
     seed: int = typer.Option(0, "--seed", help="same seed, same images"),
     out: Path = typer.Option(Path("samples.png"), "--out", help="PNG grid to write"),
     guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0, help="classifier-free guidance (default: prior.guidance_scale)"),
+    score_guidance: Optional[float] = typer.Option(
+        None, "--score-guidance", min=0.0, help="extra guidance toward --score, away from 100 − score (default: prior.score_guidance_scale)"),
     no_refine: bool = typer.Option(False, "--no-refine", help="skip the refiner (RQ-VAE decode only)"),
     prior: Path = typer.Option(Path("models/prior"), "--prior", help="prior folder"),
     rqvae: Path = typer.Option(Path("models/rqvae"), "--rqvae", help="RQ-VAE folder"),
@@ -177,7 +179,9 @@ def sample(
     gen = RQGenerator.load(prior, rqvae, None if no_refine else refiner)
     images, seconds = gen.generate(
         styles=[style] * n, genres=[genre] * n, scores=[score] * n, seed=seed,
-        guidance_scale=pc.guidance_scale if guidance is None else guidance, temperature=pc.temperature, top_k=pc.top_k,
+        guidance_scale=pc.guidance_scale if guidance is None else guidance,
+        score_guidance_scale=pc.score_guidance_scale if score_guidance is None else score_guidance,
+        temperature=pc.temperature, top_k=pc.top_k,
     )
     save_grid(out, images)
     typer.echo(f"wrote {out}: {n} images, {seconds:.3f} s per image ({1 / seconds:.1f} images/s)")

@@ -270,6 +270,7 @@ class PriorConfig:
     cond_every_position: bool = True
     cond_modulation: bool = True
     guidance_scale: float = _range(0.0)
+    score_guidance_scale: float = _range(0.0)
     temperature: float = _range(0.0, lo_open=True)
     top_k: int | None = _range(1)
     lr: float = _range(0.0, 1.0, lo_open=True)

@@ -15,7 +15,7 @@ position and level from their train frequencies, decoded the same way (what the 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class Conditions:
 class SamplingSettings:
     seed: int
     guidance_scale: float
+    score_guidance_scale: float
     temperature: float
     top_k: int | None
 
@@ -79,7 +80,8 @@ def evaluate_rq(gen, train_codes: torch.Tensor, cond: Conditions, settings: Samp
     from squeezegen.rq.sampling import sample_codes
 
     n = len(cond)
-    kw = dict(guidance_scale=settings.guidance_scale, temperature=settings.temperature, top_k=settings.top_k)
+    kw = dict(guidance_scale=settings.guidance_scale, score_guidance_scale=settings.score_guidance_scale,
+              temperature=settings.temperature, top_k=settings.top_k)
     started = time.perf_counter()
     codes = sample_codes(gen.prior, styles=cond.styles, genres=cond.genres, scores=cond.scores, seed=settings.seed,
                          desc="sample codes", **kw)
@@ -179,9 +181,11 @@ def run_generation(cfg, *, processed_dir: Path, judge_dir: Path, prior_dir: Path
     gen = RQGenerator.load(prior_dir, rqvae_dir, refiner_dir)
     train_codes = encode_codes(gen.rqvae, train_images)  # (M, N, L): the marginal baseline's frequencies
     pc = cfg.prior
-    settings = SamplingSettings(seed=cfg.seed, guidance_scale=pc.guidance_scale, temperature=pc.temperature, top_k=pc.top_k)
+    settings = SamplingSettings(seed=cfg.seed, guidance_scale=pc.guidance_scale, score_guidance_scale=pc.score_guidance_scale,
+                                temperature=pc.temperature, top_k=pc.top_k)
     rq_metrics, images, score_rows = evaluate_rq(gen, train_codes, cond, settings, judge, reference)
     metrics.update(rq_metrics)
+    metrics["rq_prior"]["sampling"] = {k: v for k, v in asdict(settings).items() if k != "seed"}
     sizes, disk = gen.params, gen.bytes_on_disk
     metrics["rq_prior"].update(params=sum(sizes.values()), bytes=sum(disk.values()), params_by_model=sizes)
     metrics["rq_prior_norefine"].update(params=sizes["prior"] + sizes["rqvae"], bytes=disk["prior"] + disk["rqvae"])
@@ -245,6 +249,7 @@ def generation_markdown(gen: dict[str, Any], *, judge: dict[str, Any], profile: 
                     f"| {_fmt(m.get('style_acc'), '.2f')} | {_fmt(m.get('genre_acc'), '.2f')} | {_fmt(m.get('score_mean'), '.1f')} "
                     f"| {_fmt(m.get('fd_judge'), '.2f')} |")
     rq, val = gen.get("rq_prior", {}), gen.get("judge_on_val", {})
+    sampling = rq.get("sampling", {})
     toy = ("\n\nOn the toy profile the SD base is a tiny randomly initialised pipeline (60 LoRA steps), so its rows "
            "are near chance: they prove the code path, not SD's quality." if profile == "toy" else "")
     return "\n\n".join([
@@ -256,7 +261,9 @@ def generation_markdown(gen: dict[str, Any], *, judge: dict[str, Any], profile: 
         f"validation images in the judge's feature space — not FID; lower is closer to real. On real validation images "
         f"the judge reads the style {_fmt(val.get('style_acc'), '.2f')} and the genre {_fmt(val.get('genre_acc'), '.2f')} of the time.{toy}",
         "\n".join(rows),
-        f"**Score control.** Asked for a score of {SCORE_HIGH:.0f}, the RQ generator's samples are judged "
+        f"**Score control.** The RQ generator samples with classifier-free guidance {_fmt(sampling.get('guidance_scale'), 'g')} "
+        f"and score guidance {_fmt(sampling.get('score_guidance_scale'), 'g')} (toward the asked score, away from 100 − score). "
+        f"Asked for a score of {SCORE_HIGH:.0f}, its samples are judged "
         f"{_fmt(rq.get('score_high'), '.1f')}; asked for {SCORE_LOW:.0f}, {_fmt(rq.get('score_low'), '.1f')} "
         f"(difference {_fmt(rq.get('score_control'), '+.1f')} points). Its `fd_judge` sits at "
         f"{_fmt(rq.get('fd_position'), '.2f')} of the way from the real-image floor (0) to the independent-codes baseline (1).",

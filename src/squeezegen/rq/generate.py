@@ -92,6 +92,7 @@ class RQGenerator:
         scores: Sequence[float | None],
         seed: int,
         guidance_scale: float = 1.0,
+        score_guidance_scale: float = 0.0,
         temperature: float = 1.0,
         top_k: int | None = None,
         refine: bool = True,
@@ -105,7 +106,8 @@ class RQGenerator:
             part = slice(start, start + batch_size)
             codes = sample_codes(
                 self.prior, styles=styles[part], genres=genres[part], scores=scores[part], seed=seed + i,
-                guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, desc=f"sample batch {i + 1}",
+                guidance_scale=guidance_scale, score_guidance_scale=score_guidance_scale, temperature=temperature,
+                top_k=top_k, desc=f"sample batch {i + 1}",
             )
             images.append(self.decode(codes, refine=refine))
         images = torch.cat(images)
