@@ -42,7 +42,6 @@ from PIL import Image
 
 from squeezegen.errors import UserError
 from squeezegen.memory import PeakMemory, component_bytes, free_memory, measure_peak
-from squeezegen.sd.cuda_graph import enable_cuda_graph
 
 
 
@@ -232,6 +231,7 @@ def build_pipeline(
     measured with `measure_peak` (bundle.load_peak). Raises UserError for a missing folder.
     """
     from squeezegen.sd import lean
+    from squeezegen.sd.cuda_graph import enable_cuda_graph
 
     if config_name not in CONFIGS:
         raise UserError(f"unknown pipeline configuration {config_name!r}; choose one of {', '.join(CONFIGS)}")

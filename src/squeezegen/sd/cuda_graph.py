@@ -35,7 +35,10 @@ import functools
 from typing import Any, Callable, Protocol
 
 import torch
+from accelerate.utils import recursively_apply
 from torch import nn
+
+from squeezegen.sd.residency import weight_slots
 
 _CONSTANTS = (type(None), bool, int, float, str)
 
@@ -75,19 +78,6 @@ class GraphStats:
         return dataclasses.asdict(self)
 
 
-def _clone_out(out: Any) -> Any:
-    """The forward's result with every tensor cloned out of the graph's static buffers."""
-    if isinstance(out, torch.Tensor):
-        return out.clone()
-    if isinstance(out, tuple):
-        return tuple(_clone_out(x) for x in out)
-    if isinstance(out, list):
-        return [_clone_out(x) for x in out]
-    if dataclasses.is_dataclass(out):  # diffusers' BaseOutput (UNet2DConditionOutput, ...)
-        return type(out)(**{f.name: _clone_out(getattr(out, f.name)) for f in dataclasses.fields(out)})
-    return out
-
-
 class CUDAGraphForward:
     """A module's forward served from captured graphs; see the module docstring."""
 
@@ -103,8 +93,7 @@ class CUDAGraphForward:
         self.forward = module.forward  # the eager forward (bound method, or a wrapper already installed)
         # (owner, name, is_parameter) of every weight: their addresses key the graph, and a slot
         # list is cheaper to read per call than walking the module tree.
-        self._slots = [(m, n, True) for m in module.modules() for n, p in m._parameters.items() if p is not None]
-        self._slots += [(m, n, False) for m in module.modules() for n, b in m._buffers.items() if b is not None]
+        self._slots = [(owner, name, is_param) for owner, name, is_param, _ in weight_slots(module)]
         self.stats = GraphStats()
         self._key: tuple | None = None
         self._inputs: dict[Any, torch.Tensor] = {}
@@ -166,7 +155,8 @@ class CUDAGraphForward:
                     self._inputs[where].copy_(value)
         self._replay()
         self.stats.replays += 1
-        return _clone_out(self._outputs)
+        # every tensor cloned out of the graph's static buffers (tuples, diffusers' BaseOutput, ...)
+        return recursively_apply(torch.Tensor.clone, self._outputs)
 
 
 def enable_cuda_graph(
@@ -182,5 +172,5 @@ def enable_cuda_graph(
         raise RuntimeError("CUDA graphs need a CUDA device; this machine has none (run the module eagerly)")
     graphed = CUDAGraphForward(module, warmup=warmup, backend=backend, on_error=on_error)
     module.forward = functools.update_wrapper(lambda *a, **k: graphed(*a, **k), graphed.forward)
-    module.cuda_graph = graphed  # found again by the benchmark (stats) and phase residency (release)
+    module.cuda_graph = graphed  # the wrapper (stats, release) for whoever holds only the module
     return graphed

@@ -53,7 +53,7 @@ class ResidencyTrace:
         return [dict(e) for e in self.events]
 
 
-def _slots(module: nn.Module) -> list[tuple[nn.Module, str, bool, torch.Tensor]]:
+def weight_slots(module: nn.Module) -> list[tuple[nn.Module, str, bool, torch.Tensor]]:
     """(owner, name, is_parameter, tensor) for every parameter and buffer, tied ones once per owner."""
     out = []
     for owner in module.modules():
@@ -77,7 +77,7 @@ class _Component:
     def __init__(self, name: str, module: nn.Module, device: torch.device, *, stays_on_cpu: bool, pin: bool) -> None:
         self.name, self.module, self.device, self.stays_on_cpu = name, module, device, stays_on_cpu
         self.with_to = _moves_with_to(module)
-        slots = _slots(module)
+        slots = weight_slots(module)
         index: dict[int, int] = {}  # id(tensor) → copy number: a tied weight is copied (and moved) once
         self.slots = [(owner, name_, is_param, index.setdefault(id(t), len(index))) for owner, name_, is_param, t in slots]
         firsts = list({id(t): t for *_, t in slots}.values())
