@@ -116,3 +116,33 @@ def test_sample_command_writes_a_grid_and_names_valid_styles(project, tmp_path):
     assert result.exit_code == 0 and Image.open(again).tobytes() != Image.open(out).tobytes()
     result = CliRunner().invoke(app, ["sample", "--style", "surrealism", "--genre", "portrait", "--out", str(out), *common])
     assert result.exit_code == 2 and "Cubism, Fauvism, Ukiyo_e" in result.output
+
+
+def test_prior_frontier_benchmark_trains_samples_and_writes_its_table(project, tmp_path):
+    """benchmarks/prior_frontier.py end to end on the tiny project (an untrained judge and refiner stand in)."""
+    import importlib.util
+
+    from squeezegen.config import load_config
+    from squeezegen.judge import save_judge
+    from squeezegen.judge.train import build_judge
+    from squeezegen.rq.refiner import Refiner, save_refiner
+
+    cfg = load_config(project / "params.yaml")
+    save_judge(build_judge(cfg.judge, image_size=32, score_mean=50.0, score_std=15.0).eval(), project / "models/judge")
+    save_refiner(Refiner.build(channels=[8, 16], image_size=32), project / "models/refiner")
+    path = Path(__file__).resolve().parents[1] / "benchmarks/prior_frontier.py"
+    spec = importlib.util.spec_from_file_location("prior_frontier", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "frontier.json"
+    result = bench.main(["--root", str(project), "--steps", "2", "3", "--score-guidance", "0", "2", "--conditions", "4",
+                         "--seeds", "1", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == result and result["conditions"] == 4
+    assert [(r["steps"], r["score_guidance_scale"]) for r in result["rows"]] == [(2, 0.0), (2, 2.0), (3, 0.0), (3, 2.0)]
+    for row in result["rows"]:
+        assert len(row["score_control_by_seed"]) == 2
+        assert row["score_control"] == pytest.approx(sum(row["score_control_by_seed"]) / 2)
+        assert 0.0 <= row["style_acc"] <= 1.0 and row["fd_judge"] >= 0.0
+    assert set(result["perf"]["train_seconds_by_steps"]) == {"2", "3"}
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert len(table) == 2 + 4 and table[2].startswith("| 2 |")
