@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from squeezegen.config import load_config  # noqa: E402
 from squeezegen.files import atomic_write_json, atomic_write_text  # noqa: E402
-from squeezegen.generation import SCORE_HIGH, SCORE_LOW, Conditions, judged, load_split  # noqa: E402
+from squeezegen.generation import Conditions, judged, judged_high_low, load_split  # noqa: E402
 from squeezegen.judge import judge_images, load_judge  # noqa: E402
 from squeezegen.rq.generate import RQGenerator, encode_codes  # noqa: E402
 from squeezegen.rq.model import load_rqvae  # noqa: E402
@@ -91,12 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         gen = RQGenerator(prior, rqvae, refiner, {})
         for guidance in args.score_guidance:
             kw = dict(guidance_scale=pc.guidance_scale, score_guidance_scale=guidance, temperature=pc.temperature, top_k=pc.top_k)
-            gaps = []
-            for seed in args.seeds:
-                codes = sample_codes(prior, styles=cond.styles * 2, genres=cond.genres * 2,
-                                     scores=[SCORE_HIGH] * n + [SCORE_LOW] * n, seed=seed, **kw)
-                judged_scores = judge_images(judge, gen.decode(codes))["scores"]
-                gaps.append(float(judged_scores[:n].mean() - judged_scores[n:].mean()))
+            gaps = [high - low for high, low in (judged_high_low(gen, judge, cond, seed=seed, **kw) for seed in args.seeds)]
             verdict = judged(judge, gen.decode(sample_codes(prior, styles=cond.styles, genres=cond.genres,
                                                             scores=cond.scores, seed=cfg.seed, **kw)), cond, reference)
             row = {"steps": steps, "score_guidance_scale": guidance, "score_control": float(np.mean(gaps)),

@@ -120,7 +120,7 @@ def test_sample_command_writes_a_grid_and_names_valid_styles(project, tmp_path):
 
 def test_prior_frontier_benchmark_trains_samples_and_writes_its_table(project, tmp_path):
     """benchmarks/prior_frontier.py end to end on the tiny project (an untrained judge and refiner stand in)."""
-    import importlib.util
+    from test_benchmark_scripts import load_script
 
     from squeezegen.config import load_config
     from squeezegen.judge import save_judge
@@ -130,10 +130,7 @@ def test_prior_frontier_benchmark_trains_samples_and_writes_its_table(project, t
     cfg = load_config(project / "params.yaml")
     save_judge(build_judge(cfg.judge, image_size=32, score_mean=50.0, score_std=15.0).eval(), project / "models/judge")
     save_refiner(Refiner.build(channels=[8, 16], image_size=32), project / "models/refiner")
-    path = Path(__file__).resolve().parents[1] / "benchmarks/prior_frontier.py"
-    spec = importlib.util.spec_from_file_location("prior_frontier", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("prior_frontier")
     out = tmp_path / "frontier.json"
     result = bench.main(["--root", str(project), "--steps", "2", "3", "--score-guidance", "0", "2", "--conditions", "4",
                          "--seeds", "1", "2", "--out", str(out)])

@@ -75,6 +75,18 @@ def judged(judge, images: torch.Tensor, cond: Conditions, reference_features: np
     return out
 
 
+def judged_high_low(gen, judge, cond: Conditions, *, seed: int, desc: str | None = None, **sampling) -> tuple[float, float]:
+    """Score control: the conditions asked for SCORE_HIGH and for SCORE_LOW in one batch → the mean
+    judged score of each half. `sampling`: sample_codes' guidance, temperature and top_k."""
+    from squeezegen.rq.sampling import sample_codes
+
+    n = len(cond)
+    asked = sample_codes(gen.prior, styles=cond.styles * 2, genres=cond.genres * 2, scores=[SCORE_HIGH] * n + [SCORE_LOW] * n,
+                         seed=seed, desc=desc, **sampling)
+    scores = judge_images(judge, gen.decode(asked))["scores"]  # (2n,)
+    return float(scores[:n].mean()), float(scores[n:].mean())
+
+
 def evaluate_rq(gen, train_codes: torch.Tensor, cond: Conditions, settings: SamplingSettings, judge, reference: np.ndarray):
     """(metrics of rq_prior, rq_prior_norefine, rq_marginal; their images; the score rows picture)."""
     from squeezegen.rq.sampling import sample_codes
@@ -97,11 +109,7 @@ def evaluate_rq(gen, train_codes: torch.Tensor, cond: Conditions, settings: Samp
         "rq_prior_norefine": {**judged(judge, raw, cond, reference), "seconds_per_image": (decoded - started) / n},
     }
     metrics["rq_prior"]["images_per_s"] = 1.0 / metrics["rq_prior"]["seconds_per_image"]
-    # score control: the same conditions asked for a high and a low score, in one batch
-    asked = sample_codes(gen.prior, styles=cond.styles * 2, genres=cond.genres * 2, scores=[SCORE_HIGH] * n + [SCORE_LOW] * n,
-                         seed=settings.seed + 1, desc="sample at two scores", **kw)
-    scores = judge_images(judge, gen.decode(asked))["scores"]  # (2n,)
-    high, low = float(scores[:n].mean()), float(scores[n:].mean())
+    high, low = judged_high_low(gen, judge, cond, seed=settings.seed + 1, desc="sample at two scores", **kw)
     metrics["rq_prior"].update(score_high=high, score_low=low, score_control=high - low)
     marginal = gen.generate_marginal(train_codes, n=n, seed=settings.seed)
     images["rq_marginal"] = marginal
