@@ -39,9 +39,8 @@ from squeezegen.generation import Conditions, judged, judged_high_low, load_spli
 from squeezegen.judge import judge_images, load_judge  # noqa: E402
 from squeezegen.rq.generate import RQGenerator, encode_codes  # noqa: E402
 from squeezegen.rq.model import load_rqvae  # noqa: E402
-from squeezegen.rq.prior_train import condition_tensors, load_conditions, prior_spec, train_prior  # noqa: E402
+from squeezegen.rq.prior_train import condition_tensors, load_conditions, prior_data, prior_spec, train_prior  # noqa: E402
 from squeezegen.rq.refiner import load_refiner  # noqa: E402
-from squeezegen.rq.sampling import sample_codes  # noqa: E402
 from squeezegen.rq.train import load_image_tensors  # noqa: E402
 
 
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     refiner = load_refiner(root / "models/refiner").eval()
     judge = load_judge(root / "models/judge")
     train_images = load_image_tensors(processed, "train")
-    train_codes = encode_codes(rqvae, train_images)  # (M, N, L)
+    train_codes = encode_codes(rqvae, train_images)  # in the RQ-VAE's layout
     styles, genres, scores = load_conditions(processed, "train")
     val_images, val_cond = load_split(processed, "val")
     reference = judge_images(judge, val_images)["features"]
@@ -80,11 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows, timings = [], {}
     for steps in args.steps:
         run_cfg = dataclasses.replace(pc, max_steps=steps)
-        spec = prior_spec(run_cfg, codes=train_codes, codebook_size=rqvae.codebook_size, styles=styles, genres=genres,
+        spec = prior_spec(run_cfg, rqvae=rqvae, codebook_size=rqvae.codebook_size, styles=styles, genres=genres,
                           grid_hw=(side, side))
         with tempfile.TemporaryDirectory() as checkpoints:
             started = time.perf_counter()
-            prior = train_prior(cfg=run_cfg, spec=spec, seed=cfg.seed, codes=train_codes,
+            prior = train_prior(cfg=run_cfg, spec=spec, seed=cfg.seed, codes=prior_data(spec, rqvae, train_codes),
                                 conditions=condition_tensors(spec, styles, genres, scores),
                                 checkpoint_dir=Path(checkpoints), fingerprint=f"frontier-{steps}").model.eval()
             timings[str(steps)] = round(time.perf_counter() - started, 1)
@@ -92,8 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
         for guidance in args.score_guidance:
             kw = dict(guidance_scale=pc.guidance_scale, score_guidance_scale=guidance, temperature=pc.temperature, top_k=pc.top_k)
             gaps = [high - low for high, low in (judged_high_low(gen, judge, cond, seed=seed, **kw) for seed in args.seeds)]
-            verdict = judged(judge, gen.decode(sample_codes(prior, styles=cond.styles, genres=cond.genres,
-                                                            scores=cond.scores, seed=cfg.seed, **kw)), cond, reference)
+            verdict = judged(judge, gen.decode(gen.sample(styles=cond.styles, genres=cond.genres, scores=cond.scores,
+                                                          seed=cfg.seed, **kw)), cond, reference)
             row = {"steps": steps, "score_guidance_scale": guidance, "score_control": float(np.mean(gaps)),
                    "score_control_by_seed": gaps, "style_acc": verdict["style_acc"],
                    "style_acc_vs_real": verdict["style_acc"] / judge_style_acc if judge_style_acc else None,

@@ -165,11 +165,15 @@ def test_fmt_bytes_picks_a_readable_unit(n, text):
 def fake_gen() -> dict:
     """evaluate's `gen` metrics (squeezegen.generation.run_generation's keys)."""
     row = lambda **kw: {"style_acc": 0.5, "genre_acc": 0.4, "score_mean": 50.0, "fd_judge": 10.0, **kw}  # noqa: E731
+    ci = lambda **kw: {name: {"lo": lo, "hi": hi} for name, (lo, hi) in kw.items()}  # noqa: E731
     return {
-        "n": 48, "judge_on_val": {"style_acc": 0.9, "genre_acc": 0.8, "score_mean": 55.0},
+        "n": 48, "n_seeds": 2, "judge_on_val": {"style_acc": 0.9, "genre_acc": 0.8, "score_mean": 55.0},
         "real_train": row(fd_judge=2.0, style_acc=0.85),
         "rq_prior": row(params=1_500_000, bytes=6 * MIB, seconds_per_image=0.05, score_high=66.0, score_low=44.5,
-                        score_control=21.5, fd_position=0.25, style_acc=0.61),
+                        score_control=21.5, fd_position=0.25, style_acc=0.61, style_acc_vs_real=0.68,
+                        ci95=ci(style_acc=(0.5, 0.7), genre_acc=(0.3, 0.5), score_mean=(47.5, 52.5), fd_judge=(8.0, 13.0),
+                                score_high=(63.0, 69.0), score_low=(41.0, 48.0), score_control=(15.0, 28.0),
+                                fd_position=(0.1, 0.4), style_acc_vs_real=(0.55, 0.78))),
         "rq_prior_norefine": row(params=1_000_000, bytes=4 * MIB, seconds_per_image=0.04),
         "rq_marginal": row(fd_judge=34.0, style_acc=0.1),
         "sd": row(params=1_658_244, bytes=7 * MIB, seconds_per_image=0.4),
@@ -184,9 +188,13 @@ def test_report_shows_the_numbers_tables_and_pictures():
     generation = generation_markdown(fake_gen(), judge=metrics["judge"], profile="full")
     text = report.build_report(metrics, report.headline(metrics), profile="full", samples_caption="CAPTION-HERE",
                                generation=generation)
-    # generation: one row per generator with its judge figures, the score control and fd position
-    assert "| **RQ generator** (prior + RQ-VAE + refiner) | 1,500,000 | 6.00 MiB | 0.050 | 0.61 | 0.40 | 50.0 | 10.00 |" in text
-    assert "judged 66.0" in text and "44.5" in text and "+21.5 points" in text and "0.25 of the way" in text
+    # generation: one row per generator with its judge figures and their 95% intervals, the score control and fd position
+    assert ("| **RQ generator** (prior + RQ-VAE + refiner) | 1,500,000 | 6.00 MiB | 0.050 | 0.61 [0.50, 0.70] | 0.40 [0.30, 0.50] "
+            "| 50.0 [47.5, 52.5] | 10.00 [8.00, 13.00] |") in text
+    assert "| SD + LoRA, uncompressed | 1,658,244 | 7.00 MiB | 0.400 | 0.50 | 0.40 | 50.0 | 10.00 |" in text  # no interval: bare
+    assert "judged 66.0 [63.0, 69.0]" in text and "44.5 [41.0, 48.0]" in text and "+21.5 [+15.0, +28.0] points" in text
+    assert "0.25 [0.10, 0.40] of the way" in text and "0.68 [0.55, 0.78] times the judge's" in text
+    assert "95% interval" in text and "bootstrap" in text and "48 conditions × 2 seeds" in text
     assert "score R² 0.60" in text and "near chance" not in text  # the toy-SD note only on the toy profile
     # headline: compressed vs fp16 peak and the ratio, UNet bytes, the refiner gain in dB
     assert "1.00 GiB vs 4.00 GiB (0.25×)" in text

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from squeezegen.errors import UserError
-from squeezegen.rq.prior import PriorSpec, RQPrior, load_prior, save_prior
+from squeezegen.rq.prior import PriorSpec, RQPrior, build_prior, load_prior, save_prior
 from squeezegen.rq.sampling import marginal_codes, resolve_conditions, sample_codes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -183,24 +183,25 @@ def test_marginal_codes_follow_the_training_frequencies():
     assert 0.4 < share < 0.6 and set(drawn[:, 2, 1].tolist()) == {0, 3}
 
 
-def test_full_profile_rq_generator_stays_under_120m_parameters():
+@pytest.mark.parametrize("kind, scales", [("rq_transformer", "equal"), ("next_scale", "pyramid")])
+def test_full_profile_rq_generator_stays_under_120m_parameters(kind, scales):
     """RQ-VAE + prior + refiner at the full profile's sizes, counted on the meta device (no memory)."""
+    import dataclasses
     from pathlib import Path
 
     from squeezegen.config import load_config
+    from squeezegen.rq.prior_train import prior_spec
     from squeezegen.rq.refiner import Refiner
     from squeezegen.rq.train import build_rqvae
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml", profile="full")
-    pc, side = cfg.prior, cfg.data.rq_size // cfg.rqvae.downsample
-    assert side == 16 and cfg.rqvae.levels == 4  # 16×16×4 codes at 256 px
+    side = cfg.data.rq_size // cfg.rqvae.downsample
+    assert side == 16 and cfg.rqvae.levels == 4  # 16×16 final grid at 256 px
     with torch.device("meta"):
-        counts = {
-            "rqvae": build_rqvae(cfg.rqvae),
-            "prior": RQPrior(PriorSpec(levels=cfg.rqvae.levels, codebook_size=cfg.rqvae.codebook_size, positions=side * side,
-                                       styles=STYLES * 9, genres=GENRES * 4, width=pc.width, heads=pc.heads,
-                                       spatial_layers=pc.spatial_layers, depth_width=pc.depth_width, depth_layers=pc.depth_layers)),
-            "refiner": Refiner.build(channels=cfg.refiner.channels, image_size=cfg.data.rq_size),
-        }
+        rqvae = build_rqvae(dataclasses.replace(cfg.rqvae, scales=scales), image_size=cfg.data.rq_size)
+        spec = prior_spec(dataclasses.replace(cfg.prior, kind=kind), rqvae=rqvae, codebook_size=cfg.rqvae.codebook_size,
+                          styles=[f"style {i}" for i in range(27)], genres=[f"genre {i}" for i in range(8)], grid_hw=(side, side))
+        counts = {"rqvae": rqvae, "prior": build_prior(spec),
+                  "refiner": Refiner.build(channels=cfg.refiner.channels, image_size=cfg.data.rq_size)}
     params = {name: sum(p.numel() for p in model.parameters()) for name, model in counts.items()}
     assert all(n > 1_000_000 for n in params.values()) and sum(params.values()) <= 120_000_000, params

@@ -109,7 +109,7 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
 def test_codebook_usage_and_perplexity_per_level():
     one_code = torch.zeros(2, 8, 1, dtype=torch.long)  # one code everywhere
     every_code = torch.arange(16).reshape(1, 16, 1)  # each of 16 codes once
-    usage, perplexity = codebook_stats(torch.cat([one_code.reshape(1, 16, 1), every_code], dim=-1), codebook_size=16)
+    usage, perplexity = codebook_stats(list(torch.cat([one_code.reshape(1, 16, 1), every_code], dim=-1).unbind(-1)), codebook_size=16)
     assert usage == pytest.approx([1 / 16, 1.0])
     assert perplexity == pytest.approx([1.0, 16.0])
 

@@ -170,6 +170,7 @@ class RQVAEConfig:
     """train_rqvae."""
 
     levels: int = _range(1, 64)
+    scales: Literal["equal", "pyramid"] | tuple[int, ...] = "equal"
     codebook_size: int = _range(2, 1 << 20)
     code_dim: int = _range(1)
     shared_codebook: bool = False
@@ -200,6 +201,12 @@ class RQVAEConfig:
                 f"{path}.channels: needs log2(downsample)+1 = {want} positive entries (one per resolution), "
                 f"got {list(self.channels)}"
             )
+        if isinstance(self.scales, tuple):
+            if len(self.scales) != self.levels or min(self.scales) < 1 or list(self.scales) != sorted(self.scales):
+                raise ConfigError(
+                    f"{path}.scales: list one grid side per level ({self.levels}), coarse to fine, each ≥ 1, "
+                    f"got {list(self.scales)}; or use equal | pyramid"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,6 +240,7 @@ class EvaluateConfig:
     num_prompts: int = _range(1, 64)
     num_progressive: int = _range(1, 64)
     gen_samples: int = _range(2)
+    gen_seeds: int = _range(1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,6 +274,7 @@ class JudgeConfig:
 class PriorConfig:
     """train_prior (training knobs and sizes) + sampling (guidance, temperature, top_k: evaluate / sample)."""
 
+    kind: Literal["rq_transformer", "next_scale"] = "rq_transformer"
     cond_dropout: float = _range(0.0, 1.0, hi_open=True)
     cond_every_position: bool = True
     cond_modulation: bool = True
@@ -314,6 +323,12 @@ class Config:
             raise ConfigError(
                 f"rqvae.downsample: data.rq_size={self.data.rq_size} is not divisible by downsample={self.rqvae.downsample}; "
                 "pick a resolution that is a multiple of the downsampling factor"
+            )
+        side = self.data.rq_size // self.rqvae.downsample
+        if isinstance(self.rqvae.scales, tuple) and self.rqvae.scales[-1] != side:
+            raise ConfigError(
+                f"rqvae.scales: the last level must be the full {side}×{side} grid (data.rq_size / rqvae.downsample), "
+                f"got {list(self.rqvae.scales)}"
             )
         unet_div = 2 ** (len(self.refiner.channels) - 1)
         if self.data.rq_size % unet_div:
@@ -373,11 +388,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        try:
-            return _coerce(value, inner, path)
-        except ConfigError:
-            raise bad from None
+        for inner in [a for a in args if a is not type(None)]:
+            try:
+                return _coerce(value, inner, path)
+            except ConfigError:
+                pass
+        raise bad
     if origin is Literal:
         if value not in typing.get_args(tp) or isinstance(value, bool):
             raise bad

@@ -1,8 +1,9 @@
-"""Generation, measured: every generator on the same conditions, scored by the judge (evaluate's `gen.*`).
+"""Generation, measured: every generator on the same conditions and seeds, scored by the judge (evaluate's `gen.*`).
 
 The conditions are the first n val images' (style, genre, score): the RQ prior is asked for
-exactly those, SD for their captions ("a cubist portrait painting"). Each generator's samples go
-through the judge, which was trained on real images only:
+exactly those, SD for their captions ("a cubist portrait painting"), once per sampling seed
+(`sampling_seeds`). Each generator's samples go through the judge, which was trained on real
+images only:
 - style_acc / genre_acc: how often the judge reads the asked-for style / genre;
 - score_mean: the judge's aesthetic score; for the RQ prior also the same conditions asked for a
   high vs a low score (score_control = judged high − judged low);
@@ -10,24 +11,34 @@ through the judge, which was trained on real images only:
   space (not FID: the judge is small and trained here);
 and two baselines: real train images (the floor of fd_judge) and codes drawn independently per
 position and level from their train frequencies, decoded the same way (what the prior must beat).
+Every quality figure carries a 95% bootstrap interval over conditions × seeds
+(`generation_intervals`, stored as `gen.<row>.ci95.<figure>`).
 """
 
 from __future__ import annotations
 
+import textwrap
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from squeezegen.data.captions import caption_for
-from squeezegen.judge import frechet_distance, judge_images
+from squeezegen.judge import judge_images
+from squeezegen.stats import REPLICATES, FrechetReference, bootstrap_intervals, take
 
 SCORE_HIGH, SCORE_LOW = 80.0, 30.0  # the score-control pair
 PICTURE_SCORES = (20.0, 50.0, 80.0)  # one picture row per score for the RQ prior
 PICTURE_COLUMNS = 8  # conditions shown in the pictures
+GRID_STYLES, GRID_GENRES = 6, 7  # the style × genre picture: the val split's most frequent styles (rows) × genres
+GRID_SCORE = 80.0  # the score every cell of the style × genre picture asks for
+SEED_STRIDE = 10_000  # sampling seed j = seed + SEED_STRIDE·j: SD's per-condition seeds (+ i) never collide for n < this
+FRECHET_FIGURES = ("fd_judge", "fd_position")  # figures whose bootstrap replicates are biased upward (see generation_intervals)
+SD_CONFIGS = {"sd": "fp16", "sd_compressed": "q4k_unet_int8_clip_cpu_vae"}  # gen row → SD configuration
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,9 @@ class Conditions:
     def __len__(self) -> int:
         return len(self.styles)
 
+    def first(self, n: int) -> Conditions:
+        return Conditions(self.styles[:n], self.genres[:n], self.scores[:n])
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -51,6 +65,31 @@ class SamplingSettings:
     score_guidance_scale: float
     temperature: float
     top_k: int | None
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The keyword arguments of `gen.sample` besides conditions and seed."""
+        return {k: v for k, v in asdict(self).items() if k != "seed"}
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """The judge's reading of one generator's samples, as (seeds k, conditions n) tables."""
+
+    style_hit: np.ndarray  # (k, n) 1.0 where the asked style was read, NaN where the judge does not know it
+    genre_hit: np.ndarray  # (k, n) 1.0 where the asked genre was read
+    scores: np.ndarray  # (k, n) judged aesthetic score (points)
+    features: np.ndarray  # (k, n, D) judge features
+
+    @classmethod
+    def stack(cls, per_seed: Sequence[Verdicts]) -> Verdicts:
+        """One table from per-seed tables, in seed order."""
+        return cls(*(np.concatenate([getattr(v, f.name) for v in per_seed]) for f in fields(cls)))
+
+
+def sampling_seeds(seed: int, count: int) -> list[int]:
+    """evaluate's sampling seeds: seed, seed + SEED_STRIDE, … (`count` of them; the first is the seed itself)."""
+    return [seed + SEED_STRIDE * j for j in range(count)]
 
 
 def load_split(processed_dir: str | Path, split: str) -> tuple[torch.Tensor, Conditions]:
@@ -63,83 +102,181 @@ def load_split(processed_dir: str | Path, split: str) -> tuple[torch.Tensor, Con
     return images, Conditions(styles, genres, [float(s) for s in scores])
 
 
-def judged(judge, images: torch.Tensor, cond: Conditions, reference_features: np.ndarray) -> dict[str, Any]:
-    """The judge's verdict on images asked for `cond`: style/genre accuracy, mean score, fd_judge."""
-    styles = [s if s in judge.styles else None for s in cond.styles]
-    known = [i for i, s in enumerate(styles) if s is not None]
+def read_samples(judge, images: torch.Tensor, cond: Conditions) -> Verdicts:
+    """The judge's verdicts on images (n, 3, H, W) asked for `cond` with one seed: (1, n) tables."""
     verdict = judge_images(judge, images)
-    out = {"score_mean": verdict["score_mean"], "fd_judge": frechet_distance(verdict["features"], reference_features)}
-    if known:  # a style the judge never saw cannot be judged
-        out["style_acc"] = float(np.mean([verdict["style_pred"][i] == cond.styles[i] for i in known]))
-    out["genre_acc"] = float(np.mean([p == g for p, g in zip(verdict["genre_pred"], cond.genres)]))
+    style = [float(p == s) if s in judge.styles else np.nan for p, s in zip(verdict["style_pred"], cond.styles)]
+    genre = [float(p == g) for p, g in zip(verdict["genre_pred"], cond.genres)]
+    return Verdicts(np.array([style]), np.array([genre]), verdict["scores"][None].astype(np.float64), verdict["features"][None])
+
+
+def judge_figures(v: Verdicts, reference: FrechetReference, conditions: np.ndarray | None = None,
+                  seeds: np.ndarray | None = None) -> dict[str, float]:
+    """score_mean, fd_judge (to the reference features), style_acc (if a judgeable style was asked) and
+    genre_acc of the chosen (condition, seed) samples (`stats.take`; None: all)."""
+    style = take(v.style_hit, conditions, seeds)
+    known = style[np.isfinite(style)]  # a style the judge never saw cannot be judged
+    out = {"score_mean": float(take(v.scores, conditions, seeds).mean()),
+           "fd_judge": reference.distance(take(v.features, conditions, seeds))}
+    if len(known):
+        out["style_acc"] = float(known.mean())
+    out["genre_acc"] = float(take(v.genre_hit, conditions, seeds).mean())
     return out
 
 
+def judged(judge, images: torch.Tensor, cond: Conditions, reference_features: np.ndarray) -> dict[str, Any]:
+    """The judge's verdict on images asked for `cond`: style/genre accuracy, mean score, fd_judge."""
+    return judge_figures(read_samples(judge, images, cond), FrechetReference(reference_features))
+
+
+def high_low_scores(gen, judge, cond: Conditions, *, seed: int, desc: str | None = None,
+                    **sampling) -> tuple[np.ndarray, np.ndarray]:
+    """Score control: the conditions asked for SCORE_HIGH and for SCORE_LOW in one batch → the judged
+    scores (n,) of each half. `sampling`: gen.sample's guidance, temperature and top_k."""
+    n = len(cond)
+    asked = gen.sample(styles=cond.styles * 2, genres=cond.genres * 2, scores=[SCORE_HIGH] * n + [SCORE_LOW] * n,
+                       seed=seed, desc=desc, **sampling)
+    scores = judge_images(judge, gen.decode(asked))["scores"].astype(np.float64)  # (2n,)
+    return scores[:n], scores[n:]
+
+
 def judged_high_low(gen, judge, cond: Conditions, *, seed: int, desc: str | None = None, **sampling) -> tuple[float, float]:
-    """Score control: the conditions asked for SCORE_HIGH and for SCORE_LOW in one batch → the mean
-    judged score of each half. `sampling`: sample_codes' guidance, temperature and top_k."""
-    from squeezegen.rq.sampling import sample_codes
-
-    n = len(cond)
-    asked = sample_codes(gen.prior, styles=cond.styles * 2, genres=cond.genres * 2, scores=[SCORE_HIGH] * n + [SCORE_LOW] * n,
-                         seed=seed, desc=desc, **sampling)
-    scores = judge_images(judge, gen.decode(asked))["scores"]  # (2n,)
-    return float(scores[:n].mean()), float(scores[n:].mean())
+    """The mean judged score of the conditions asked for SCORE_HIGH and for SCORE_LOW (`high_low_scores`)."""
+    high, low = high_low_scores(gen, judge, cond, seed=seed, desc=desc, **sampling)
+    return float(high.mean()), float(low.mean())
 
 
-def evaluate_rq(gen, train_codes: torch.Tensor, cond: Conditions, settings: SamplingSettings, judge, reference: np.ndarray):
-    """(metrics of rq_prior, rq_prior_norefine, rq_marginal; their images; the score rows picture)."""
-    from squeezegen.rq.sampling import sample_codes
+def generation_figures(
+    rows: Mapping[str, Verdicts], reference: FrechetReference, *, score_pair: tuple[np.ndarray, np.ndarray],
+    judge_style_acc: float | None, conditions: np.ndarray | None = None, seeds: np.ndarray | None = None,
+) -> dict[str, dict[str, float | None]]:
+    """Every row's quality figures on the chosen (condition, seed) samples (None: all), and the RQ
+    generator's score control (`score_pair`: judged scores asked high / low, (k, n) each) and its
+    standing: style_acc_vs_real (over the judge's accuracy on real val images, held fixed) and
+    fd_position (0 = the real-image floor `real_train`, 1 = the independent-codes baseline `rq_marginal`)."""
+    out: dict[str, dict[str, float | None]] = {name: judge_figures(v, reference, conditions, seeds) for name, v in rows.items()}
+    rq = out["rq_prior"]
+    high, low = (float(take(s, conditions, seeds).mean()) for s in score_pair)
+    rq.update(score_high=high, score_low=low, score_control=high - low)
+    if judge_style_acc and "style_acc" in rq:
+        rq["style_acc_vs_real"] = rq["style_acc"] / judge_style_acc
+    floor, baseline = out["real_train"]["fd_judge"], out["rq_marginal"]["fd_judge"]
+    rq["fd_position"] = (rq["fd_judge"] - floor) / (baseline - floor) if baseline != floor else None
+    return out
 
-    n = len(cond)
-    kw = dict(guidance_scale=settings.guidance_scale, score_guidance_scale=settings.score_guidance_scale,
-              temperature=settings.temperature, top_k=settings.top_k)
-    started = time.perf_counter()
-    codes = sample_codes(gen.prior, styles=cond.styles, genres=cond.genres, scores=cond.scores, seed=settings.seed,
-                         desc="sample codes", **kw)
-    sampled = time.perf_counter()
-    raw = gen.decode(codes, refine=False)
-    decoded = time.perf_counter()
-    refined = gen.decode(codes, refine=True)
-    done = time.perf_counter()
-    images = {"rq_prior": refined, "rq_prior_norefine": raw}
-    metrics = {
-        "rq_prior": {**judged(judge, refined, cond, reference),
-                     "seconds_per_image": (sampled - started + done - decoded) / n},
-        "rq_prior_norefine": {**judged(judge, raw, cond, reference), "seconds_per_image": (decoded - started) / n},
-    }
-    metrics["rq_prior"]["images_per_s"] = 1.0 / metrics["rq_prior"]["seconds_per_image"]
-    high, low = judged_high_low(gen, judge, cond, seed=settings.seed + 1, desc="sample at two scores", **kw)
-    metrics["rq_prior"].update(score_high=high, score_low=low, score_control=high - low)
-    marginal = gen.generate_marginal(train_codes, n=n, seed=settings.seed)
-    images["rq_marginal"] = marginal
-    metrics["rq_marginal"] = judged(judge, marginal, cond, reference)
 
-    k = min(PICTURE_COLUMNS, n)
-    asked = sample_codes(gen.prior, styles=cond.styles[:k] * len(PICTURE_SCORES), genres=cond.genres[:k] * len(PICTURE_SCORES),
-                         scores=[s for s in PICTURE_SCORES for _ in range(k)], seed=settings.seed + 2, desc="sample score rows", **kw)
+def generation_intervals(
+    rows: Mapping[str, Verdicts], reference: FrechetReference, *, score_pair: tuple[np.ndarray, np.ndarray],
+    judge_style_acc: float | None, seed: int, replicates: int = REPLICATES,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{row: {figure: {"lo", "hi"}}}: each figure of `generation_figures`, its 95% percentile
+    bootstrap over the n conditions and k seeds of the rows (every row resampled alike, so a ratio's
+    parts move together). The Fréchet figures (fd_judge, fd_position) are shifted by the
+    bootstrap's bias estimate: duplicated samples inflate a Fréchet distance, so their raw
+    percentile interval would sit above the point estimate."""
+    n_seeds, n_conditions = rows["rq_prior"].scores.shape
+
+    def flat(figures: Mapping[str, Mapping[str, float | None]]) -> dict[tuple[str, str], float | None]:
+        return {(row, name): value for row, values in figures.items() for name, value in values.items()}
+
+    def statistic(conditions: np.ndarray, seeds: np.ndarray) -> dict[tuple[str, str], float | None]:
+        return flat(generation_figures(rows, reference, score_pair=score_pair, judge_style_acc=judge_style_acc,
+                                       conditions=conditions, seeds=seeds))
+
+    point = flat(generation_figures(rows, reference, score_pair=score_pair, judge_style_acc=judge_style_acc))
+    debias = {key: value for key, value in point.items() if key[1] in FRECHET_FIGURES and value is not None}
+    intervals = bootstrap_intervals(statistic, n_conditions=n_conditions, n_seeds=n_seeds, replicates=replicates, seed=seed,
+                                    debias=debias)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (row, name), interval in intervals.items():
+        if name == "fd_judge":  # a distance: the shift must not take it below 0
+            interval = {"lo": max(interval["lo"], 0.0), "hi": max(interval["hi"], 0.0)}
+        out.setdefault(row, {})[name] = interval
+    return out
+
+
+def evaluate_rq(gen, train_codes: torch.Tensor, cond: Conditions, settings: SamplingSettings, judge, *, seeds: Sequence[int]):
+    """The RQ rows (rq_prior, rq_prior_norefine, rq_marginal) on `cond`, once per sampling seed →
+    (their Verdicts, the judged scores asked high / low (k, n) each, seconds per image, the first
+    seed's first PICTURE_COLUMNS images of each row)."""
+    n, kw = len(cond), settings.sampling
+    per_seed: dict[str, list[Verdicts]] = {"rq_prior": [], "rq_prior_norefine": [], "rq_marginal": []}
+    high, low, shown = [], [], {}
+    sampling = raw_decoding = refining = 0.0
+    for j, seed in enumerate(seeds):
+        step = f"seed {j + 1}/{len(seeds)}"
+        started = time.perf_counter()
+        codes = gen.sample(styles=cond.styles, genres=cond.genres, scores=cond.scores, seed=seed, desc=f"sample codes, {step}", **kw)
+        sampled = time.perf_counter()
+        raw = gen.decode(codes, refine=False)
+        decoded = time.perf_counter()
+        refined = gen.decode(codes, refine=True)
+        refining += time.perf_counter() - decoded
+        sampling, raw_decoding = sampling + sampled - started, raw_decoding + decoded - sampled
+        images = {"rq_prior": refined, "rq_prior_norefine": raw, "rq_marginal": gen.generate_marginal(train_codes, n=n, seed=seed)}
+        for name, batch in images.items():
+            per_seed[name].append(read_samples(judge, batch, cond))
+        shown = shown or {name: batch[:PICTURE_COLUMNS] for name, batch in images.items()}
+        pair = high_low_scores(gen, judge, cond, seed=seed + 1, desc=f"sample at two scores, {step}", **kw)
+        high.append(pair[0])
+        low.append(pair[1])
+    count = n * len(seeds)
+    seconds = {"rq_prior": (sampling + refining) / count, "rq_prior_norefine": (sampling + raw_decoding) / count}
+    verdicts = {name: Verdicts.stack(v) for name, v in per_seed.items()}
+    return verdicts, (np.stack(high), np.stack(low)), seconds, shown
+
+
+def score_rows(gen, cond: Conditions, settings: SamplingSettings) -> list[torch.Tensor]:
+    """The first PICTURE_COLUMNS conditions asked for each of PICTURE_SCORES: one uint8 row (k, 3, H, W) per score."""
+    k = min(PICTURE_COLUMNS, len(cond))
+    asked = gen.sample(styles=cond.styles[:k] * len(PICTURE_SCORES), genres=cond.genres[:k] * len(PICTURE_SCORES),
+                       scores=[s for s in PICTURE_SCORES for _ in range(k)], seed=settings.seed + 2, desc="sample score rows",
+                       **settings.sampling)
     by_score = gen.decode(asked)  # (len(PICTURE_SCORES)·k, 3, H, W)
-    score_rows = [by_score[i * k : (i + 1) * k] for i in range(len(PICTURE_SCORES))]
-    return metrics, images, score_rows
+    return [by_score[i * k : (i + 1) * k] for i in range(len(PICTURE_SCORES))]
+
+
+def most_frequent(names: Sequence[str], count: int) -> list[str]:
+    """The `count` most frequent non-empty names, ties in order of first appearance."""
+    return [name for name, _ in Counter(n for n in names if n).most_common(count)]
+
+
+def style_genre_picture(gen, val_cond: Conditions, settings: SamplingSettings):
+    """The RQ generator at score GRID_SCORE, one sample per cell: the val split's most frequent styles
+    (rows) × most frequent genres (columns), one seed → a labelled PIL grid."""
+    from squeezegen.sd.generate import labelled_grid
+
+    styles, genres = most_frequent(val_cond.styles, GRID_STYLES), most_frequent(val_cond.genres, GRID_GENRES)
+    codes = gen.sample(styles=[s for s in styles for _ in genres], genres=genres * len(styles),
+                       scores=[GRID_SCORE] * (len(styles) * len(genres)), seed=settings.seed + 3,
+                       desc="sample style × genre", **settings.sampling)
+    images = gen.decode(codes)  # (S·G, 3, H, W), style by style
+    rows = [_pil_row(images[r * len(genres) : (r + 1) * len(genres)]) for r in range(len(styles))]
+    labels = [textwrap.fill(s.replace("_", " "), 14) for s in styles]  # the label column is 90 px wide
+    return labelled_grid(rows, row_labels=labels, col_labels=[g.replace("_", " ") for g in genres])
 
 
 def evaluate_sd(
-    config_name: str, cond: Conditions, *, base_dir, lora_dir, quant_dir, seed: int, steps: int, size: int,
-    guidance: float, compute_dtype: str, judge, reference: np.ndarray,
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """One SD configuration on the conditions' captions (seed + i for the i-th): its metrics and uint8 images."""
+    config_name: str, cond: Conditions, *, seeds: Sequence[int], base_dir, lora_dir, quant_dir, steps: int, size: int,
+    guidance: float, compute_dtype: str, judge,
+) -> tuple[Verdicts, float, torch.Tensor]:
+    """One SD configuration on the conditions' captions, once per sampling seed (seed + i for the i-th
+    condition) → (Verdicts, seconds per image, the first seed's first PICTURE_COLUMNS uint8 images)."""
     from squeezegen.memory import free_memory
     from squeezegen.sd.compressed import build_pipeline, default_device, generate
 
     device = default_device()
     bundle = build_pipeline(config_name, base_dir=base_dir, lora_dir=lora_dir, quant_dir=quant_dir, device=device,
                             compute_dtype=compute_dtype)
-    result = generate(bundle, cond.captions, [seed + i for i in range(len(cond))], steps=steps, size=size, guidance=guidance)
-    images = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in result.images])).permute(0, 3, 1, 2)
-    metrics = {**judged(judge, images, cond, reference), "seconds_per_image": float(np.mean(result.seconds))}
+    n = len(cond)
+    result = generate(bundle, cond.captions * len(seeds), [s + i for s in seeds for i in range(n)], steps=steps, size=size,
+                      guidance=guidance)
+    seconds = float(np.mean(result.seconds))
+    per_seed = [torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in result.images[j * n : (j + 1) * n]]))
+                .permute(0, 3, 1, 2) for j in range(len(seeds))]  # (n, 3, size, size) uint8 each
     del bundle, result
     free_memory(device)
-    return metrics, images  # (n, 3, size, size) uint8
+    return Verdicts.stack([read_samples(judge, images, cond) for images in per_seed]), seconds, per_seed[0][:PICTURE_COLUMNS]
 
 
 def sd_size_figures(base_dir: Path, lora_dir: Path, quant_dir: Path) -> dict[str, dict[str, int]]:
@@ -168,63 +305,66 @@ def _pil_row(images: torch.Tensor) -> list:
 
 def run_generation(cfg, *, processed_dir: Path, judge_dir: Path, prior_dir: Path, rqvae_dir: Path, refiner_dir: Path,
                    base_dir: Path, lora_dir: Path, quant_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every generator on the same n val conditions → (`gen` metrics, {file name: PIL picture})."""
+    """Every generator on the same n val conditions × k sampling seeds → (`gen` metrics, {file name: PIL picture})."""
     from squeezegen.judge import load_judge
-    from squeezegen.rq.generate import encode_codes, RQGenerator
+    from squeezegen.rq.generate import RQGenerator
     from squeezegen.sd.generate import labelled_grid
 
     judge = load_judge(judge_dir)
     val_images, val_cond = load_split(processed_dir, "val")
     train_images, train_cond = load_split(processed_dir, "train")
     n = min(cfg.evaluate.gen_samples, len(val_cond), len(train_cond))
-    cond = Conditions(val_cond.styles[:n], val_cond.genres[:n], val_cond.scores[:n])
-    reference = judge_images(judge, val_images)["features"]  # (M, D): every val image
-    real_val = judged(judge, val_images, val_cond, reference)
-    metrics: dict[str, Any] = {
-        "n": n,
-        "judge_on_val": {"style_acc": real_val.get("style_acc"), "genre_acc": real_val["genre_acc"], "score_mean": real_val["score_mean"]},
-        "real_train": judged(judge, train_images[:n], Conditions(train_cond.styles[:n], train_cond.genres[:n], train_cond.scores[:n]), reference),
-    }
+    seeds = sampling_seeds(cfg.seed, cfg.evaluate.gen_seeds)
+    cond = val_cond.first(n)
+    reference = FrechetReference(judge_images(judge, val_images)["features"])  # every val image
+    real_val = judge_figures(read_samples(judge, val_images, val_cond), reference)
+    verdicts = {"real_train": read_samples(judge, train_images[:n], train_cond.first(n))}  # one "seed": nothing sampled
 
     gen = RQGenerator.load(prior_dir, rqvae_dir, refiner_dir)
-    train_codes = encode_codes(gen.rqvae, train_images)  # (M, N, L): the marginal baseline's frequencies
+    train_codes = gen.encode(train_images)  # the marginal baseline's frequencies
     pc = cfg.prior
     settings = SamplingSettings(seed=cfg.seed, guidance_scale=pc.guidance_scale, score_guidance_scale=pc.score_guidance_scale,
                                 temperature=pc.temperature, top_k=pc.top_k)
-    rq_metrics, images, score_rows = evaluate_rq(gen, train_codes, cond, settings, judge, reference)
-    metrics.update(rq_metrics)
-    metrics["rq_prior"]["sampling"] = {k: v for k, v in asdict(settings).items() if k != "seed"}
+    rq_verdicts, score_pair, seconds, shown = evaluate_rq(gen, train_codes, cond, settings, judge, seeds=seeds)
+    verdicts.update(rq_verdicts)
+    for name, config_name in SD_CONFIGS.items():
+        verdicts[name], seconds[name], shown[name] = evaluate_sd(
+            config_name, cond, seeds=seeds, base_dir=base_dir, lora_dir=lora_dir, quant_dir=quant_dir,
+            steps=cfg.sd.infer_steps, size=cfg.data.sd_size, guidance=cfg.benchmark.guidance_scale,
+            compute_dtype=cfg.benchmark.compute_dtype, judge=judge,
+        )
+
+    figures = generation_figures(verdicts, reference, score_pair=score_pair, judge_style_acc=real_val.get("style_acc"))
+    intervals = generation_intervals(verdicts, reference, score_pair=score_pair, judge_style_acc=real_val.get("style_acc"),
+                                     seed=cfg.seed)
+    metrics: dict[str, Any] = {
+        "n": n,
+        "n_seeds": len(seeds),
+        "judge_on_val": {"style_acc": real_val.get("style_acc"), "genre_acc": real_val["genre_acc"], "score_mean": real_val["score_mean"]},
+        **{name: {**figures[name], "ci95": intervals.get(name, {})} for name in verdicts},
+    }
+    for name, value in seconds.items():
+        metrics[name]["seconds_per_image"] = value
+    rq = metrics["rq_prior"]
+    rq["images_per_s"] = 1.0 / rq["seconds_per_image"]
+    rq["sampling"] = settings.sampling
     sizes, disk = gen.params, gen.bytes_on_disk
-    metrics["rq_prior"].update(params=sum(sizes.values()), bytes=sum(disk.values()), params_by_model=sizes)
+    rq.update(params=sum(sizes.values()), bytes=sum(disk.values()), params_by_model=sizes)
     metrics["rq_prior_norefine"].update(params=sizes["prior"] + sizes["rqvae"], bytes=disk["prior"] + disk["rqvae"])
     metrics["rq_marginal"].update(params=sizes["rqvae"] + sizes["refiner"], bytes=disk["rqvae"] + disk["refiner"])
+    for name, size_figures in sd_size_figures(base_dir, lora_dir, quant_dir).items():
+        metrics[name].update(size_figures)
 
-    for name, config_name in (("sd", "fp16"), ("sd_compressed", "q4k_unet_int8_clip_cpu_vae")):
-        metrics[name], images[name] = evaluate_sd(
-            config_name, cond, base_dir=base_dir, lora_dir=lora_dir, quant_dir=quant_dir, seed=cfg.seed,
-            steps=cfg.sd.infer_steps, size=cfg.data.sd_size, guidance=cfg.benchmark.guidance_scale,
-            compute_dtype=cfg.benchmark.compute_dtype, judge=judge, reference=reference,
-        )
-    for name, figures in sd_size_figures(base_dir, lora_dir, quant_dir).items():
-        metrics[name].update(figures)
-
-    # where the prior stands: its style accuracy against the judge's on real images, and its
-    # fd_judge between the floor (real images, 0) and the independent-codes baseline (1)
-    floor, baseline = metrics["real_train"]["fd_judge"], metrics["rq_marginal"]["fd_judge"]
-    rq = metrics["rq_prior"]
-    if real_val.get("style_acc") and "style_acc" in rq:
-        rq["style_acc_vs_real"] = rq["style_acc"] / real_val["style_acc"]
-    rq["fd_position"] = (rq["fd_judge"] - floor) / (baseline - floor) if baseline != floor else None
-
-    shown = slice(0, PICTURE_COLUMNS)
-    labels = [f"{c} ({s:.0f})" for c, s in zip(cond.captions[shown], cond.scores[shown])]
-    rows = {"real (val)": val_images[shown], "RQ prior\n+ refiner": images["rq_prior"][shown],
-            "RQ prior\nno refiner": images["rq_prior_norefine"][shown], "independent\ncodes + ref.": images["rq_marginal"][shown],
-            "SD + LoRA": images["sd"][shown], "SD Q4_K\n+ int8 CLIP": images["sd_compressed"][shown]}
+    shown_conditions = cond.first(PICTURE_COLUMNS)
+    labels = [f"{c} ({s:.0f})" for c, s in zip(shown_conditions.captions, shown_conditions.scores)]
+    rows = {"real (val)": val_images[:PICTURE_COLUMNS], "RQ prior\n+ refiner": shown["rq_prior"],
+            "RQ prior\nno refiner": shown["rq_prior_norefine"], "independent\ncodes + ref.": shown["rq_marginal"],
+            "SD + LoRA": shown["sd"], "SD Q4_K\n+ int8 CLIP": shown["sd_compressed"]}
     pictures = {
         "generation.png": labelled_grid([_pil_row(r) for r in rows.values()], row_labels=list(rows), col_labels=labels),
-        "rq_scores.png": labelled_grid([_pil_row(r) for r in score_rows], row_labels=[f"score {s:.0f}" for s in PICTURE_SCORES],
-                                       col_labels=cond.captions[shown]),
+        "rq_scores.png": labelled_grid([_pil_row(r) for r in score_rows(gen, cond, settings)],
+                                       row_labels=[f"score {s:.0f}" for s in PICTURE_SCORES], col_labels=shown_conditions.captions),
+        "style_genre.png": style_genre_picture(gen, val_cond, settings),
     }
     return metrics, pictures
 
@@ -247,6 +387,14 @@ def _mib(value: Any) -> str:
     return "—" if value is None else f"{value / 2**20:.2f} MiB"
 
 
+def with_interval(row: Mapping[str, Any], figure: str, spec: str) -> str:
+    """`0.42 [0.35, 0.49]`: a row's figure and its 95% interval (the bare figure without one, `—` without either)."""
+    value, interval = row.get(figure), row.get("ci95", {}).get(figure)
+    if value is None or interval is None:
+        return _fmt(value, spec)
+    return f"{value:{spec}} [{interval['lo']:{spec}}, {interval['hi']:{spec}}]"
+
+
 def generation_markdown(gen: dict[str, Any], *, judge: dict[str, Any], profile: str) -> str:
     """The report's generation section from evaluate's `gen` metrics and metrics/judge.json."""
     rows = ["| generator | params | on disk | s / image | style acc | genre acc | judged score | fd_judge |",
@@ -254,28 +402,39 @@ def generation_markdown(gen: dict[str, Any], *, judge: dict[str, Any], profile: 
     for key, label in GENERATOR_ROWS:
         m = gen.get(key, {})
         rows.append(f"| {label} | {_fmt(m.get('params'), ',')} | {_mib(m.get('bytes'))} | {_fmt(m.get('seconds_per_image'), '.3f')} "
-                    f"| {_fmt(m.get('style_acc'), '.2f')} | {_fmt(m.get('genre_acc'), '.2f')} | {_fmt(m.get('score_mean'), '.1f')} "
-                    f"| {_fmt(m.get('fd_judge'), '.2f')} |")
+                    f"| {with_interval(m, 'style_acc', '.2f')} | {with_interval(m, 'genre_acc', '.2f')} "
+                    f"| {with_interval(m, 'score_mean', '.1f')} | {with_interval(m, 'fd_judge', '.2f')} |")
     rq, val = gen.get("rq_prior", {}), gen.get("judge_on_val", {})
     sampling = rq.get("sampling", {})
+    n, n_seeds = gen.get("n", "?"), gen.get("n_seeds", 1)
     toy = ("\n\nOn the toy profile the SD base is a tiny randomly initialised pipeline (60 LoRA steps), so its rows "
            "are near chance: they prove the code path, not SD's quality." if profile == "toy" else "")
     return "\n\n".join([
         "## C. Generation: the RQ generator next to Stable Diffusion",
-        f"Every generator is asked for the same {gen.get('n', '?')} conditions: the first validation images' style, genre "
-        f"and aesthetic score (SD gets their captions, e.g. \"a cubist portrait painting\"). A judge trained on real "
-        f"images only (val style accuracy {_fmt(judge.get('style_acc'), '.2f')}, genre accuracy {_fmt(judge.get('genre_acc'), '.2f')}, "
-        f"score R² {_fmt(judge.get('score_r2'), '.2f')}) reads every sample. `fd_judge` is the Fréchet distance to the "
-        f"validation images in the judge's feature space — not FID; lower is closer to real. On real validation images "
-        f"the judge reads the style {_fmt(val.get('style_acc'), '.2f')} and the genre {_fmt(val.get('genre_acc'), '.2f')} of the time.{toy}",
+        f"Every generator is asked for the same {n} conditions, once per sampling seed ({n_seeds} seeds): the first "
+        f"validation images' style, genre and aesthetic score (SD gets their captions, e.g. \"a cubist portrait painting\"). "
+        f"A judge trained on real images only (val style accuracy {_fmt(judge.get('style_acc'), '.2f')}, genre accuracy "
+        f"{_fmt(judge.get('genre_acc'), '.2f')}, score R² {_fmt(judge.get('score_r2'), '.2f')}) reads every sample. `fd_judge` "
+        f"is the Fréchet distance to the validation images in the judge's feature space — not FID; lower is closer to real. "
+        f"On real validation images the judge reads the style {_fmt(val.get('style_acc'), '.2f')} and the genre "
+        f"{_fmt(val.get('genre_acc'), '.2f')} of the time.{toy}",
+        f"Each figure is followed by its 95% interval [lo, hi]: a percentile bootstrap ({REPLICATES} replicates) over the "
+        f"{n} conditions × {n_seeds} seeds — conditions and seeds drawn with replacement, every figure recomputed on the "
+        f"samples drawn (the real-image row has no seeds; the judge's own accuracy on real images is held fixed). "
+        f"Duplicated samples inflate a Fréchet distance, so the `fd_judge` and fd-position intervals are shifted by the "
+        f"bootstrap's estimate of that bias.",
         "\n".join(rows),
         f"**Score control.** The RQ generator samples with classifier-free guidance {_fmt(sampling.get('guidance_scale'), 'g')} "
         f"and score guidance {_fmt(sampling.get('score_guidance_scale'), 'g')} (toward the asked score, away from 100 − score). "
         f"Asked for a score of {SCORE_HIGH:.0f}, its samples are judged "
-        f"{_fmt(rq.get('score_high'), '.1f')}; asked for {SCORE_LOW:.0f}, {_fmt(rq.get('score_low'), '.1f')} "
-        f"(difference {_fmt(rq.get('score_control'), '+.1f')} points). Its `fd_judge` sits at "
-        f"{_fmt(rq.get('fd_position'), '.2f')} of the way from the real-image floor (0) to the independent-codes baseline (1).",
+        f"{with_interval(rq, 'score_high', '.1f')}; asked for {SCORE_LOW:.0f}, {with_interval(rq, 'score_low', '.1f')} "
+        f"(difference {with_interval(rq, 'score_control', '+.1f')} points). Its style accuracy is "
+        f"{with_interval(rq, 'style_acc_vs_real', '.2f')} times the judge's on real images, and its `fd_judge` sits at "
+        f"{with_interval(rq, 'fd_position', '.2f')} of the way from the real-image floor (0) to the independent-codes baseline (1).",
         "![one row per generator, same conditions](evaluate/generation.png)",
         "The RQ generator asked for the same styles and genres at three aesthetic scores:",
         "![RQ generator at scores 20, 50, 80](evaluate/rq_scores.png)",
+        f"The RQ generator asked for a score of {GRID_SCORE:.0f}, one sample per cell (one seed): the validation split's "
+        f"most frequent styles (rows, up to {GRID_STYLES}) × its most frequent genres (columns, up to {GRID_GENRES}):",
+        f"![RQ generator, style × genre at score {GRID_SCORE:.0f}](evaluate/style_genre.png)",
     ])

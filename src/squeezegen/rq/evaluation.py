@@ -22,14 +22,14 @@ if TYPE_CHECKING:  # diffusers is slow to import; only the refiner paths need it
     from squeezegen.rq.refiner import Refiner
 
 
-def codebook_stats(indices: torch.Tensor, codebook_size: int) -> tuple[list[float], list[float]]:
+def codebook_stats(levels: list[torch.Tensor], codebook_size: int) -> tuple[list[float], list[float]]:
     """Per level: the fraction of the K codes used, and the perplexity exp(H) of the code histogram.
 
-    indices: (B, N, L) with no dropped (−1) entries. Perplexity is K when all codes are used
-    equally often and 1 when one code is used everywhere.
+    levels: each level's codes (B, n_k) (`RQVAE.split_levels`), with no dropped (−1) entries.
+    Perplexity is K when all codes are used equally often and 1 when one code is used everywhere.
     """
     usage, perplexity = [], []
-    for level in indices.unbind(dim=-1):  # (B, N) each
+    for level in levels:  # (B, n_k) each
         counts = torch.bincount(level.flatten(), minlength=codebook_size).double()  # (K,)
         p = counts / counts.sum()
         entropy = -(p[p > 0] * p[p > 0].log()).sum()
@@ -58,7 +58,8 @@ def evaluate_rqvae(
     with the first k levels, k = 1..L), psnr_latent (the decoder on the unquantized encoder
     latent: the ceiling that adding levels approaches; if psnr_by_levels[-1] is already near it,
     more levels cannot help and the autoencoder is the limit), codebook_usage and perplexity (one
-    entry per level), grid (h, w), bits_per_image = h·w·L·log2 K, and n_images.
+    entry per level), grid (h, w), scales (each level's grid side), codes_per_image (h·w·L, or
+    Σ s_k² for a pyramid), bits_per_image = codes_per_image·log2 K, and n_images.
     """
     model.eval()
     levels = model.levels
@@ -68,7 +69,7 @@ def evaluate_rqvae(
     grid = (0, 0)
     for start in range(0, len(images), batch_size):
         x = to_signed(images[start : start + batch_size].to(device))  # (b, 3, H, W)
-        quantized, indices, _ = model.quantize(x)  # (b, D, h, w), (b, h·w, L)
+        quantized, indices, _ = model.quantize(x)  # (b, D, h, w), (b, h·w, L) or (b, Σ s_k²)
         grid = tuple(quantized.shape[-2:])
         all_indices.append(indices.cpu())
         recon = model.decoder(quantized).clamp(-1, 1)  # (b, 3, H, W)
@@ -81,7 +82,8 @@ def evaluate_rqvae(
             psnr_levels[k - 1] += float(psnr(coarse, x).sum())
             ssim_levels[k - 1] += float(ssim(coarse, x).sum())
     n = len(images)
-    usage, perplexity = codebook_stats(torch.cat(all_indices), model.codebook_size)
+    usage, perplexity = codebook_stats(model.split_levels(torch.cat(all_indices)), model.codebook_size)
+    codes = model.codes_per_image(grid[0])
     return {
         **_per_image(sums, n),
         "psnr_by_levels": [v / n for v in psnr_levels],
@@ -89,7 +91,9 @@ def evaluate_rqvae(
         "codebook_usage": usage,
         "perplexity": perplexity,
         "grid": list(grid),
-        "bits_per_image": grid[0] * grid[1] * levels * math.log2(model.codebook_size),
+        "scales": model.level_sides(grid[0]),
+        "codes_per_image": codes,
+        "bits_per_image": codes * math.log2(model.codebook_size),
         "n_images": n,
     }
 

@@ -15,14 +15,14 @@ import torch
 
 from squeezegen.errors import UserError
 from squeezegen.rq.model import RQVAE, count_parameters, load_rqvae
-from squeezegen.rq.prior import RQPrior, load_prior
+from squeezegen.rq.prior import ConditionedPrior, load_prior
 from squeezegen.rq.sampling import marginal_codes, sample_codes
 from squeezegen.rq.train import to_signed, to_uint8
 
 
 @torch.no_grad()
 def encode_codes(rqvae: RQVAE, images: torch.Tensor, *, batch_size: int = 64, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Codes (M, N, L) (int64, CPU) of uint8 images (M, 3, H, W) under the frozen RQ-VAE."""
+    """Codes (int64, CPU) of uint8 images (M, 3, H, W) under the frozen RQ-VAE: (M, N, L), or (M, T) for a pyramid."""
     rqvae.eval()
     out = [rqvae.encode(to_signed(images[i : i + batch_size].to(device))).cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(out).long()
@@ -37,7 +37,7 @@ def folder_bytes(folder: str | Path) -> int:
 class RQGenerator:
     """The three models of the RQ branch, and what they cost (parameters, bytes on disk)."""
 
-    prior: RQPrior
+    prior: ConditionedPrior
     rqvae: RQVAE
     refiner: torch.nn.Module | None
     bytes_on_disk: dict[str, int]
@@ -51,6 +51,14 @@ class RQGenerator:
                 f"{prior_dir} models {prior.spec.levels} levels × {prior.spec.codebook_size} codes but {rqvae_dir} has "
                 f"{rqvae.levels} × {rqvae.codebook_size}; re-run `dvc repro train_prior`"
             )
+        spec = prior.spec
+        if spec.kind == "next_scale" and tuple(rqvae.level_sides(spec.scales[-1])) != spec.scales:
+            raise UserError(
+                f"{prior_dir} draws scales {list(spec.scales)} but {rqvae_dir} quantizes "
+                f"{rqvae.level_sides(spec.scales[-1])}; re-run `dvc repro train_prior`"
+            )
+        if spec.kind == "rq_transformer" and rqvae.pyramid:
+            raise UserError(f"{prior_dir} is an RQ-Transformer but {rqvae_dir} is a pyramid RQ-VAE; re-run `dvc repro train_prior`")
         refiner = None
         sizes = {"prior": folder_bytes(prior_dir), "rqvae": folder_bytes(rqvae_dir)}
         if refiner_dir is not None:
@@ -73,8 +81,34 @@ class RQGenerator:
         return (h, w) if h and w else (int(self.prior.spec.positions ** 0.5),) * 2
 
     @torch.no_grad()
+    def encode(self, images: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+        """Codes of uint8 images (M, 3, H, W), in the layout `sample` returns and `decode` takes."""
+        return encode_codes(self.rqvae, images, batch_size=batch_size, device=next(self.rqvae.parameters()).device)
+
+    def sample(
+        self,
+        *,
+        styles: Sequence[str | None],
+        genres: Sequence[str | None],
+        scores: Sequence[float | None],
+        seed: int,
+        guidance_scale: float = 1.0,
+        score_guidance_scale: float = 0.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        desc: str | None = None,
+    ) -> torch.Tensor:
+        """Codes of one batch of len(styles) samples, drawn by the prior (one seed for the batch), in
+        the RQ-VAE's layout (a next-scale prior's tokens are unflattened)."""
+        codes = sample_codes(
+            self.prior, styles=styles, genres=genres, scores=scores, seed=seed, guidance_scale=guidance_scale,
+            score_guidance_scale=score_guidance_scale, temperature=temperature, top_k=top_k, desc=desc,
+        )
+        return self.rqvae.from_tokens(codes) if self.prior.spec.kind == "next_scale" else codes
+
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor, *, refine: bool = True, batch_size: int = 64) -> torch.Tensor:
-        """uint8 images (n, 3, H, W) from codes (n, N, L)."""
+        """uint8 images (n, 3, H, W) from codes in the RQ-VAE's layout."""
         device = next(self.rqvae.parameters()).device
         out = []
         for i in range(0, len(codes), batch_size):
@@ -104,8 +138,8 @@ class RQGenerator:
         images = []
         for i, start in enumerate(range(0, len(styles), batch_size)):
             part = slice(start, start + batch_size)
-            codes = sample_codes(
-                self.prior, styles=styles[part], genres=genres[part], scores=scores[part], seed=seed + i,
+            codes = self.sample(
+                styles=styles[part], genres=genres[part], scores=scores[part], seed=seed + i,
                 guidance_scale=guidance_scale, score_guidance_scale=score_guidance_scale, temperature=temperature,
                 top_k=top_k, desc=f"sample batch {i + 1}",
             )

@@ -1,10 +1,19 @@
-"""The RQ-VAE: a conv encoder, `vector_quantize_pytorch.ResidualVQ` on the grid of latents, a
-conv decoder.
+"""The RQ-VAE: a conv encoder, a residual quantizer on the grid of latents, a conv decoder.
 
 An image (B, 3, H, W) in [-1, 1] becomes a (H/d) × (W/d) grid (d = `downsample`) of code_dim
-latents; each latent is quantized by L residual levels (level 1 the coarse structure, each next
-level the residual the previous ones left), giving indices (B, h·w, L). Decoding with only the
-first k levels gives a coarser image: that is the progressive picture.
+latents, quantized by L residual levels (level 1 the coarse structure, each next level the
+residual the previous ones left). Two layouts of the levels:
+
+- **equal** (`scales=None`, the RQ-VAE paper): every level quantizes every grid cell
+  (`vector_quantize_pytorch.ResidualVQ`), giving indices (B, h·w, L);
+- **pyramid** (`scales=[s_1, …, s_L]`, VAR's next-scale quantization): level k quantizes the
+  residual average-pooled to an s_k × s_k grid, upsampled back and passed through a small conv φ
+  before it is subtracted (`vector_quantize_pytorch.HierarchicalVQ`), giving indices (B, Σ s_k²),
+  scale by scale, each in raster order.
+
+`to_tokens` / `from_tokens` convert between a layout and flat tokens (B, T) ordered level by
+level, the sequence a next-scale prior draws. Decoding with only the first k levels gives a
+coarser image: that is the progressive picture.
 
 Two architecture knobs matter at small widths (measured on the toy profile, see README):
 `norm_groups` — GroupNorm with as many groups as channels is instance norm, which erases each
@@ -24,7 +33,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_model, save_model
 from torch import nn
-from vector_quantize_pytorch import ResidualVQ
+from vector_quantize_pytorch import HierarchicalVQ, ResidualVQ
 
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path
@@ -33,6 +42,12 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "squeezegen.rqvae/1"
 PADDING_MODES = ("zeros", "replicate", "reflect")  # nn.Conv2d padding modes the 3×3 convs may use
+PHI_MIX = 0.5  # φ(x) = (1 − PHI_MIX)·x + PHI_MIX·conv3x3(x) after upsampling a pyramid level (VAR's quant_resi)
+
+
+def pyramid_sides(levels: int, side: int) -> list[int]:
+    """Grid sides of a `levels`-level pyramid ending at `side`, each level doubling the last: 16, 4 → [2, 4, 8, 16]."""
+    return [max(1, side >> (levels - 1 - k)) for k in range(levels)]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -137,6 +152,7 @@ class RQVAE(nn.Module):
         rotation_trick: bool = False,
         norm_groups: int = 32,
         padding_mode: str = "zeros",
+        scales: list[int] | None = None,
     ):
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -148,6 +164,10 @@ class RQVAE(nn.Module):
             raise ValueError(f"norm_groups must be >= 0 (0 = no normalization), got {norm_groups}")
         if len(channels) != int(math.log2(downsample)) + 1:
             raise ValueError(f"channels needs log2(downsample)+1 = {int(math.log2(downsample)) + 1} entries, got {channels}")
+        if scales is not None:
+            scales = [int(s) for s in scales]
+            if len(scales) != levels or min(scales) < 1 or scales != sorted(scales):
+                raise ValueError(f"scales must list {levels} grid sides ≥ 1, coarse to fine, got {scales}")
         # Everything needed to rebuild the model; saved as config.json next to the weights.
         self.config: dict[str, Any] = dict(
             levels=levels,
@@ -164,6 +184,7 @@ class RQVAE(nn.Module):
             rotation_trick=rotation_trick,
             norm_groups=norm_groups,
             padding_mode=padding_mode,
+            **({} if scales is None else {"scales": scales}),  # equal levels save the same config as ever
         )
         self.meta: dict[str, Any] = {}  # training facts read back by `load_rqvae` (image size, steps…)
         self.levels = levels
@@ -171,6 +192,24 @@ class RQVAE(nn.Module):
         self.downsample = downsample
         self.encoder = Encoder(channels=channels, code_dim=code_dim, norm_groups=norm_groups, padding_mode=padding_mode)
         self.decoder = Decoder(channels=channels, code_dim=code_dim, norm_groups=norm_groups, padding_mode=padding_mode)
+        self.scales = scales  # None: equal levels; else the grid side of each level
+        if scales is not None:
+            self.quantizer = HierarchicalVQ(
+                dim=code_dim,
+                codebook_size=codebook_size,
+                scales=scales,
+                shared_codebook=shared_codebook,
+                accept_image_fmap=True,
+                decay=ema_decay,
+                kmeans_init=kmeans_init,
+                threshold_ema_dead_code=dead_code_threshold,
+                commitment_weight=commitment_weight,
+                rotation_trick=rotation_trick,
+                quant_resi=PHI_MIX,
+                share_quant_resi=0,  # one φ per level
+                nested_dropout=0.5 if quantize_dropout else 0.0,
+            )
+            return
         self.quantizer = ResidualVQ(
             dim=code_dim,
             num_quantizers=levels,
@@ -186,10 +225,29 @@ class RQVAE(nn.Module):
             rotation_trick=rotation_trick,
         )
 
+    @property
+    def pyramid(self) -> bool:
+        return self.scales is not None
+
+    def level_sides(self, side: int) -> list[int]:
+        """The grid side of each level when the full grid is side × side."""
+        if not self.pyramid:
+            return [side] * self.levels
+        if self.scales[-1] != side:
+            raise ValueError(f"this RQ-VAE's last level is a {self.scales[-1]}×{self.scales[-1]} grid, the images give {side}×{side}")
+        return list(self.scales)
+
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode and quantize: (quantized latent (B, D, h, w), indices (B, h·w, L), commitment loss (L,))."""
+        """Encode and quantize: (quantized latent (B, D, h, w), indices, commitment loss).
+
+        Indices: (B, h·w, L) for equal levels, (B, Σ s_k²) for a pyramid."""
         z = self.encoder(x)  # (B, D, h, w)
         h, w = z.shape[-2:]
+        if self.pyramid:
+            if (h, w) != (self.scales[-1],) * 2:
+                raise ValueError(f"this RQ-VAE quantizes a {self.scales[-1]}² grid; the images give {h}×{w}")
+            quantized, per_level, commit = self.quantizer(z)  # (B, D, h, w), L × (B, s, s), scalar
+            return quantized, torch.cat([i.flatten(1) for i in per_level], dim=1), commit
         seq = rearrange(z, "b d h w -> b (h w) d")  # (B, N, D)
         quantized, indices, commit = self.quantizer(seq)  # (B, N, D), (B, N, L), (L,)
         return rearrange(quantized, "b (h w) d -> b d h w", h=h, w=w), indices, commit
@@ -205,8 +263,39 @@ class RQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Code indices (B, h·w, L) of images (B, 3, H, W)."""
+        """Code indices of images (B, 3, H, W): (B, h·w, L) for equal levels, (B, Σ s_k²) for a pyramid."""
         return self.quantize(x)[1]
+
+    def split_levels(self, indices: torch.Tensor) -> list[torch.Tensor]:
+        """The codes of each level, (B, n_k) per level, from either layout."""
+        if not self.pyramid:
+            return list(indices.unbind(dim=-1))
+        return list(torch.split(indices, [s * s for s in self.scales], dim=1))
+
+    def codes_per_image(self, side: int) -> int:
+        """Codes an image of grid side × side becomes: h·w·L for equal levels, Σ s_k² for a pyramid."""
+        return sum(s * s for s in self.level_sides(side))
+
+    def to_tokens(self, indices: torch.Tensor) -> torch.Tensor:
+        """Flat tokens (B, T), level by level, each level in raster order."""
+        return indices if self.pyramid else rearrange(indices, "b n l -> b (l n)")
+
+    def from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The inverse of `to_tokens`."""
+        return tokens if self.pyramid else rearrange(tokens, "b (l n) -> b n l", l=self.levels)
+
+    def _pyramid_latent(self, indices: torch.Tensor, k: int) -> torch.Tensor:
+        """Σ over the first k levels of φ_level(upsampled code map): the latent (B, D, s, s)."""
+        sides, side = self.scales, self.scales[-1]
+        if indices.ndim != 2 or indices.shape[1] != sum(s * s for s in sides):
+            raise ValueError(f"indices must be (B, {sum(s * s for s in sides)}) for scales {sides}, got shape {tuple(indices.shape)}")
+        latent = None
+        for level, part in enumerate(torch.split(indices, [s * s for s in sides], dim=1)[:k]):
+            codes = self.quantizer.get_vq(level).get_output_from_indices(part)  # (B, s², D)
+            grid = rearrange(codes, "b (h w) d -> b d h w", h=sides[level])
+            grid = self.quantizer.upsample_to_full(grid, (side, side), level)  # (B, D, side, side)
+            latent = grid if latent is None else latent + grid
+        return latent
 
     def latent_from_indices(self, indices: torch.Tensor, *, levels: int | None = None, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """The quantized latent (B, D, h, w) rebuilt from the first `levels` levels of `indices`.
@@ -217,6 +306,8 @@ class RQVAE(nn.Module):
         k = self.levels if levels is None else levels
         if not 1 <= k <= self.levels:
             raise ValueError(f"levels must be in 1..{self.levels}, got {k}")
+        if self.pyramid:  # the finer levels' codes are never read
+            return self._pyramid_latent(indices, k)
         if indices.shape[-1] != self.levels:
             raise ValueError(f"indices must have {self.levels} levels in the last dimension, got shape {tuple(indices.shape)}")
         n = indices.shape[1]
@@ -229,7 +320,7 @@ class RQVAE(nn.Module):
         return rearrange(seq, "b (h w) d -> b d h w", h=h, w=w)
 
     def decode_indices(self, indices: torch.Tensor, *, levels: int | None = None, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
-        """Images (B, 3, H, W) decoded from the first `levels` (default all) levels of `indices` (B, h·w, L)."""
+        """Images (B, 3, H, W) decoded from the first `levels` (default all) levels of `indices` (either layout)."""
         return self.decoder(self.latent_from_indices(indices, levels=levels, grid_hw=grid_hw))
 
 

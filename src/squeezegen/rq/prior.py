@@ -61,6 +61,13 @@ class PriorSpec:
     cond_every_position: bool = True  # also add the summed condition to every spatial token (not only as prefix)
     cond_modulation: bool = False  # FiLM the spatial blocks' LayerNorms with the condition (DiT's adaLN, without gates)
     grid_hw: tuple[int, int] = field(default=(0, 0))  # (h, w); (0, 0) = square
+    kind: str = "rq_transformer"  # rq_transformer (RQPrior) | next_scale (squeezegen.rq.next_scale.NextScalePrior)
+    scales: tuple[int, ...] = ()  # next_scale: the grid side of each level, coarse to fine
+
+    @property
+    def tokens(self) -> int:
+        """Codes per image: N·L, or Σ side² over the scales."""
+        return sum(s * s for s in self.scales) if self.scales else self.positions * self.levels
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,8 +75,9 @@ class PriorSpec:
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> "PriorSpec":
         values = dict(values)
-        for key in ("styles", "genres", "grid_hw"):
-            values[key] = tuple(values[key])
+        for key in ("styles", "genres", "grid_hw", "scales"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
 
@@ -86,10 +94,14 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, cache: dict[str, torch.Tensor] | None = None, film: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: dict[str, torch.Tensor] | None = None, film: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x (B, T, d) → (B, T, d). With `cache`, x holds the T newest tokens; keys and values of
         the earlier ones come from the cache, which is extended in place. `film` (B, 4, d): scale
-        and shift of the two LayerNorms' outputs (1 + scale, + shift), from the condition."""
+        and shift of the two LayerNorms' outputs (1 + scale, + shift), from the condition. `mask`
+        (T, past + T) bool, True = may attend: replaces the causal mask (block-causal attention)."""
         b, t, d = x.shape
         h = self.norm1(x)
         if film is not None:
@@ -101,7 +113,9 @@ class Block(nn.Module):
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         past = k.shape[2] - t
-        if past == 0:
+        if mask is not None:
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        elif past == 0:
             attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         else:  # new queries see every cached key and the new keys up to themselves
             mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
@@ -125,39 +139,32 @@ def score_embedding(score: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, 2F)
 
 
-class RQPrior(nn.Module):
-    """p(codes | style, genre, score) over RQ-VAE codes (B, N, L)."""
+class ConditionedPrior(nn.Module):
+    """What both priors share: the condition embeddings (style, genre, score, each with a learned
+    null for dropout and guidance), the per-token condition bias and the FiLM parameters."""
 
     PREFIX = 3  # condition tokens: style, genre, score
 
-    def __init__(self, spec: PriorSpec):
-        super().__init__()
-        self.spec = spec
-        d, dd, levels, k = spec.width, spec.depth_width, spec.levels, spec.codebook_size
-        self.code_embed = nn.ModuleList(nn.Embedding(k, d) for _ in range(levels))  # one table per level
+    spec: PriorSpec
+    film: nn.ModuleList | None
+
+    def init_conditions(self, spec: PriorSpec, d: int) -> None:
         # index len(vocab) of each table is the "null" condition (dropped / unconditional)
         self.style_embed = nn.Embedding(len(spec.styles) + 1, d)
         self.genre_embed = nn.Embedding(len(spec.genres) + 1, d)
         self.score_proj = nn.Sequential(nn.Linear(2 * SCORE_FREQS, d), nn.SiLU(), nn.Linear(d, d))
         self.score_null = nn.Parameter(torch.zeros(d))
-        self.spatial_pos = nn.Parameter(torch.zeros(self.PREFIX + spec.positions, d))
-        self.depth_pos = nn.Parameter(torch.zeros(levels, dd))
-        self.spatial = nn.ModuleList(Block(d, spec.heads, spec.mlp_ratio, spec.dropout) for _ in range(spec.spatial_layers))
-        self.depth_in = nn.Linear(d, dd)  # context + chosen levels (width d) → the depth transformer's width
-        self.depth = nn.ModuleList(Block(dd, spec.heads, spec.mlp_ratio, spec.dropout) for _ in range(spec.depth_layers))
-        # per spatial block: condition (B, d) → (B, 4, d) scales and shifts, zero at init (= no modulation)
-        self.film = nn.ModuleList(nn.Linear(d, 4 * d) for _ in self.spatial) if spec.cond_modulation else None
-        if self.film is not None:
-            for layer in self.film:
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
-        self.spatial_norm = nn.LayerNorm(d)
-        self.head_norm = nn.LayerNorm(dd)
-        self.head = nn.Linear(dd, k)  # shared across depths
-        nn.init.normal_(self.spatial_pos, std=0.02)
-        nn.init.normal_(self.depth_pos, std=0.02)
 
-    # --------------------------------------------------------------------------- conditions
+    @staticmethod
+    def film_layers(spec: PriorSpec, d: int, blocks: int) -> nn.ModuleList | None:
+        """Per block: condition (B, d) → (B, 4, d) scales and shifts, zero at init (= no modulation)."""
+        if not spec.cond_modulation:
+            return None
+        layers = nn.ModuleList(nn.Linear(d, 4 * d) for _ in range(blocks))
+        for layer in layers:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        return layers
 
     @property
     def null_style(self) -> int:
@@ -183,6 +190,46 @@ class RQPrior(nn.Module):
         genre = torch.where(drop[1], torch.full_like(genre, self.null_genre), genre)
         return style, genre, score_known & ~drop[2]
 
+    def token_bias(self, prefix: torch.Tensor) -> torch.Tensor:
+        """What every code token gets added (B, 1, d): the summed condition, or zero."""
+        if not self.spec.cond_every_position:
+            return prefix.new_zeros(prefix.shape[0], 1, prefix.shape[-1])
+        return prefix.sum(dim=1, keepdim=True)
+
+    def films(self, prefix: torch.Tensor, blocks: int) -> list[torch.Tensor | None]:
+        """Per block: its FiLM parameters (B, 4, d) from the summed condition, or None."""
+        if self.film is None:
+            return [None] * blocks
+        c = F.silu(prefix.sum(dim=1))  # (B, d)
+        return [layer(c).view(c.shape[0], 4, -1) for layer in self.film]
+
+    def loss(self, codes: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over every code."""
+        logits = self(codes, prefix)  # (*codes.shape, K)
+        return F.cross_entropy(logits.flatten(0, -2).float(), codes.flatten())
+
+
+class RQPrior(ConditionedPrior):
+    """p(codes | style, genre, score) over RQ-VAE codes (B, N, L)."""
+
+    def __init__(self, spec: PriorSpec):
+        super().__init__()
+        self.spec = spec
+        d, dd, levels, k = spec.width, spec.depth_width, spec.levels, spec.codebook_size
+        self.code_embed = nn.ModuleList(nn.Embedding(k, d) for _ in range(levels))  # one table per level
+        self.init_conditions(spec, d)
+        self.spatial_pos = nn.Parameter(torch.zeros(self.PREFIX + spec.positions, d))
+        self.depth_pos = nn.Parameter(torch.zeros(levels, dd))
+        self.spatial = nn.ModuleList(Block(d, spec.heads, spec.mlp_ratio, spec.dropout) for _ in range(spec.spatial_layers))
+        self.depth_in = nn.Linear(d, dd)  # context + chosen levels (width d) → the depth transformer's width
+        self.depth = nn.ModuleList(Block(dd, spec.heads, spec.mlp_ratio, spec.dropout) for _ in range(spec.depth_layers))
+        self.film = self.film_layers(spec, d, len(self.spatial))
+        self.spatial_norm = nn.LayerNorm(d)
+        self.head_norm = nn.LayerNorm(dd)
+        self.head = nn.Linear(dd, k)  # shared across depths
+        nn.init.normal_(self.spatial_pos, std=0.02)
+        nn.init.normal_(self.depth_pos, std=0.02)
+
     # --------------------------------------------------------------------------- embeddings
 
     def embed_levels(self, codes: torch.Tensor) -> torch.Tensor:
@@ -206,40 +253,36 @@ class RQPrior(nn.Module):
 
     # --------------------------------------------------------------------------- training
 
-    def token_bias(self, prefix: torch.Tensor) -> torch.Tensor:
-        """What every spatial token gets added (B, 1, d): the summed condition, or zero."""
-        if not self.spec.cond_every_position:
-            return prefix.new_zeros(prefix.shape[0], 1, prefix.shape[-1])
-        return prefix.sum(dim=1, keepdim=True)
-
-    def films(self, prefix: torch.Tensor) -> list[torch.Tensor | None]:
-        """Per spatial block: its FiLM parameters (B, 4, d) from the summed condition, or None."""
-        if self.film is None:
-            return [None] * len(self.spatial)
-        c = F.silu(prefix.sum(dim=1))  # (B, d)
-        return [layer(c).view(c.shape[0], 4, -1) for layer in self.film]
-
     def forward(self, codes: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, N, L, K) for codes (B, N, L) given the condition prefix (B, 3, d)."""
         b, n, levels = codes.shape
         level_embeds = self.embed_levels(codes)  # (B, N, L, d)
         tokens = level_embeds.sum(dim=2) + self.token_bias(prefix)  # (B, N, d): one token per position
         x = torch.cat([prefix, tokens[:, :-1]], dim=1) + self.spatial_pos[None, : self.PREFIX + n - 1]  # (B, 3+N-1, d)
-        for block, film in zip(self.spatial, self.films(prefix)):
+        for block, film in zip(self.spatial, self.films(prefix, len(self.spatial))):
             x = block(x, film=film)
         context = self.spatial_norm(x[:, self.PREFIX - 1 :])  # (B, N, d): h_t from the token before t
         return self.run_depth(self.depth_inputs(context, level_embeds))
-
-    def loss(self, codes: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over every position and level."""
-        logits = self(codes, prefix)  # (B, N, L, K)
-        return F.cross_entropy(logits.flatten(0, 2).float(), codes.flatten())
 
 
 # ------------------------------------------------------------------------------- save / load
 
 
-def save_prior(model: RQPrior, out_dir: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
+PRIOR_KINDS = ("rq_transformer", "next_scale")
+
+
+def build_prior(spec: PriorSpec) -> ConditionedPrior:
+    """A fresh prior of the spec's kind."""
+    if spec.kind == "next_scale":
+        from squeezegen.rq.next_scale import NextScalePrior  # it builds on this module
+
+        return NextScalePrior(spec)
+    if spec.kind != "rq_transformer":
+        raise ValueError(f"unknown prior kind {spec.kind!r}; one of {', '.join(PRIOR_KINDS)}")
+    return RQPrior(spec)
+
+
+def save_prior(model: ConditionedPrior, out_dir: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
     """`out_dir/` = model.safetensors + config.json (spec + meta), written atomically."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -263,11 +306,11 @@ def read_prior_config(model_dir: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_prior(model_dir: str | Path, device: torch.device | str = "cpu") -> RQPrior:
+def load_prior(model_dir: str | Path, device: torch.device | str = "cpu") -> ConditionedPrior:
     """The prior saved by `save_prior`, in eval mode on `device` (`model.meta` = config.json's meta)."""
     config = read_prior_config(model_dir)
     try:
-        model = RQPrior(PriorSpec.from_json(config["spec"]))
+        model = build_prior(PriorSpec.from_json(config["spec"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{model_dir}: prior config does not match this version ({exc}); re-run the train_prior stage") from None
     load_model(model, str(Path(model_dir) / WEIGHTS_FILE), device="cpu")

@@ -17,7 +17,8 @@ from torch.utils.data import TensorDataset
 
 from squeezegen.config import PriorConfig
 from squeezegen.errors import UserError
-from squeezegen.rq.prior import PriorSpec, RQPrior
+from squeezegen.rq.model import RQVAE
+from squeezegen.rq.prior import ConditionedPrior, PriorSpec, build_prior
 from squeezegen.seed import seed_everything
 from squeezegen.train import TrainResult, cosine_settings, train
 
@@ -50,15 +51,26 @@ def condition_tensors(spec: PriorSpec, styles: Sequence[str], genres: Sequence[s
     return style, genre, score, torch.from_numpy(~np.isnan(scores))
 
 
-def prior_spec(cfg: PriorConfig, *, codes: torch.Tensor, codebook_size: int, styles, genres, grid_hw) -> PriorSpec:
-    """The prior's shape from its config and the codes it will model."""
-    _, positions, levels = codes.shape
+def prior_spec(cfg: PriorConfig, *, rqvae: RQVAE, codebook_size: int, styles, genres, grid_hw) -> PriorSpec:
+    """The prior's shape from its config and the RQ-VAE whose codes it will model (on a grid_hw grid)."""
+    h, w = grid_hw
+    if cfg.kind == "rq_transformer" and rqvae.pyramid:
+        raise UserError(
+            f"prior.kind=rq_transformer draws {rqvae.levels} codes at every grid position, but this RQ-VAE's levels are a "
+            f"pyramid of grids {rqvae.scales}; set prior.kind=next_scale, or rqvae.scales=equal and re-run train_rqvae"
+        )
     return PriorSpec(
-        levels=levels, codebook_size=codebook_size, positions=positions, styles=vocabulary(styles),
+        levels=rqvae.levels, codebook_size=codebook_size, positions=h * w, styles=vocabulary(styles),
         genres=vocabulary(genres), width=cfg.width, heads=cfg.heads, spatial_layers=cfg.spatial_layers,
-        depth_width=cfg.depth_width, depth_layers=cfg.depth_layers, grid_hw=tuple(grid_hw),
-        cond_every_position=cfg.cond_every_position, cond_modulation=cfg.cond_modulation,
+        depth_width=cfg.depth_width, depth_layers=cfg.depth_layers, grid_hw=(h, w),
+        cond_every_position=cfg.cond_every_position, cond_modulation=cfg.cond_modulation, kind=cfg.kind,
+        scales=tuple(rqvae.level_sides(h)) if cfg.kind == "next_scale" else (),
     )
+
+
+def prior_data(spec: PriorSpec, rqvae: RQVAE, codes: torch.Tensor) -> torch.Tensor:
+    """What the prior of `spec` models, from the RQ-VAE's codes: (M, N, L) for an RQ-Transformer, tokens (M, T) for a next-scale prior."""
+    return rqvae.to_tokens(codes) if spec.kind == "next_scale" else codes
 
 
 def make_prior_loss(*, cond_dropout: float, seed: int) -> Callable:
@@ -87,9 +99,9 @@ def train_prior(
     accelerator: Accelerator | None = None,
     on_log: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train a fresh prior on codes (M, N, L) with their conditions; resumes from a matching checkpoint."""
+    """Train a fresh prior on its data (`prior_data`) with their conditions; resumes from a matching checkpoint."""
     seed_everything(seed)
-    model = RQPrior(spec).train()
+    model = build_prior(spec).train()
     return train(
         model=model,
         loss_fn=make_prior_loss(cond_dropout=cfg.cond_dropout, seed=seed),
@@ -104,8 +116,8 @@ def train_prior(
 
 
 @torch.no_grad()
-def code_nll(model: RQPrior, codes: torch.Tensor, conditions, *, batch_size: int = 64, conditional: bool = True) -> float:
-    """Mean negative log-likelihood (nats per code) of codes (M, N, L), with or without the conditions."""
+def code_nll(model: ConditionedPrior, codes: torch.Tensor, conditions, *, batch_size: int = 64, conditional: bool = True) -> float:
+    """Mean negative log-likelihood (nats per code) of the prior's data (`prior_data`), with or without the conditions."""
     model.eval()
     device = next(model.parameters()).device
     style, genre, score, known = conditions

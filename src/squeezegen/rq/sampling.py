@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from squeezegen.data.captions import name_key
 from squeezegen.errors import UserError
-from squeezegen.rq.prior import RQPrior
+from squeezegen.rq.next_scale import NextScalePrior
+from squeezegen.rq.prior import ConditionedPrior, RQPrior
 
 MIRROR = 100.0  # score guidance pushes away from the score reflected through the middle of the 0–100 scale
 
@@ -44,7 +45,7 @@ def _lookup(kind: str, names: Sequence[str], name: str | None) -> int | None:
 
 
 def resolve_conditions(
-    prior: RQPrior, styles: Sequence[str | None], genres: Sequence[str | None], scores: Sequence[float | None]
+    prior: ConditionedPrior, styles: Sequence[str | None], genres: Sequence[str | None], scores: Sequence[float | None]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Names and scores (None = unconditional in that respect) → (style, genre, score, score_known) tensors (B,)."""
     if not len(styles) == len(genres) == len(scores):
@@ -80,7 +81,7 @@ class _Spatial:
         self.prior, self.use_cache = prior, use_cache
         self.caches = [{} for _ in prior.spatial] if use_cache else None
         self.bias = prior.token_bias(prefix)[:, 0]  # (B, d): added to every code token
-        self.films = prior.films(prefix)  # per spatial block: (B, 4, d) or None
+        self.films = prior.films(prefix, len(prior.spatial))  # per spatial block: (B, 4, d) or None
         self.sequence = prefix + prior.spatial_pos[None, : prior.PREFIX]  # (B, 3, d)
         self.pending = self.sequence  # tokens the cache has not seen yet
 
@@ -98,9 +99,31 @@ class _Spatial:
         self.pending = token
 
 
+def guidance_branches(prior: ConditionedPrior, style, genre, score, known, *, guided: bool, score_guided: bool):
+    """The batch every draw runs on: the conditions as asked, then (guided) every condition dropped,
+    then (score_guided) style and genre kept with the opposite score → (style, genre, score, known), each (B·branches,)."""
+    branches = [(style, genre, score, known)]
+    if guided:
+        branches.append((torch.full_like(style, prior.null_style), torch.full_like(genre, prior.null_genre),
+                         torch.zeros_like(score), torch.zeros_like(known)))
+    if score_guided:
+        branches.append((style, genre, torch.where(known, MIRROR - score, score), known))
+    return tuple(torch.cat(parts) for parts in zip(*branches))
+
+
+def guided_logits(logits: torch.Tensor, b: int, *, guidance_scale: float, score_guidance_scale: float) -> torch.Tensor:
+    """Logits (b, …, K) from the branches' logits (b·branches, …, K) stacked as `guidance_branches` orders them."""
+    cond = logits[:b]
+    guided = guidance_scale != 1.0
+    mixed = logits[b : 2 * b] + guidance_scale * (cond - logits[b : 2 * b]) if guided else cond
+    if score_guidance_scale != 0.0:
+        mixed = mixed + score_guidance_scale * (cond - logits[-b:])
+    return mixed
+
+
 @torch.no_grad()
 def sample_codes(
-    prior: RQPrior,
+    prior: ConditionedPrior,
     *,
     styles: Sequence[str | None],
     genres: Sequence[str | None],
@@ -113,21 +136,23 @@ def sample_codes(
     use_cache: bool = True,
     desc: str | None = None,
 ) -> torch.Tensor:
-    """Codes (B, N, L) for B = len(styles) samples, on the prior's device. `desc`: show a progress bar."""
+    """Codes for B = len(styles) samples, on the prior's device: (B, N, L) from an RQ-Transformer,
+    tokens (B, T) from a next-scale prior. `desc`: show a progress bar."""
     prior.eval()
     device = next(prior.parameters()).device
     style, genre, score, known = (t.to(device) for t in resolve_conditions(prior, styles, genres, scores))
     b = style.shape[0]
     guided, score_guided = guidance_scale != 1.0, score_guidance_scale != 0.0
-    branches = [(style, genre, score, known)]  # the conditions as asked
-    if guided:  # every condition dropped
-        branches.append((torch.full_like(style, prior.null_style), torch.full_like(genre, prior.null_genre),
-                         torch.zeros_like(score), torch.zeros_like(known)))
-    if score_guided:  # style and genre kept, the opposite score asked for
-        branches.append((style, genre, torch.where(known, MIRROR - score, score), known))
-    style, genre, score, known = (torch.cat(parts) for parts in zip(*branches))  # (B·branches,) each
+    batch = guidance_branches(prior, style, genre, score, known, guided=guided, score_guided=score_guided)
+    branches = batch[0].shape[0] // b
     generator = torch.Generator(device=device).manual_seed(seed)
-    spatial = _Spatial(prior, prior.condition_tokens(style, genre, score, known), use_cache=use_cache)
+    prefix = prior.condition_tokens(*batch)  # (B·branches, 3, d)
+    mix = dict(guidance_scale=guidance_scale, score_guidance_scale=score_guidance_scale)
+    pick = dict(temperature=temperature, top_k=top_k, generator=generator)
+    if isinstance(prior, NextScalePrior):
+        return _sample_next_scale(prior, prefix, b=b, branches=branches, use_cache=use_cache, desc=desc, mix=mix, pick=pick)
+
+    spatial = _Spatial(prior, prefix, use_cache=use_cache)
     spec = prior.spec
     codes = torch.empty(b, spec.positions, spec.levels, dtype=torch.long, device=device)
     for t in tqdm(range(spec.positions), desc=desc, leave=False, disable=desc is None):
@@ -138,26 +163,51 @@ def sample_codes(
             embeds = torch.cat([running, context.new_zeros(context.shape[0], 1, context.shape[-1])], dim=1)  # (B', level+1, d)
             x = prior.depth_inputs(context[:, None], embeds[:, None])  # (B', 1, level+1, dd)
             logits = prior.run_depth(x)[:, 0, -1]  # (B·branches, K)
-            cond = logits[:b]
-            mixed = logits[b : 2 * b] + guidance_scale * (cond - logits[b : 2 * b]) if guided else cond
-            if score_guided:
-                mixed = mixed + score_guidance_scale * (cond - logits[-b:])
-            code = _pick(mixed, temperature=temperature, top_k=top_k, generator=generator)  # (B,)
+            code = _pick(guided_logits(logits, b, **mix), **pick)  # (B,)
             codes[:, t, level] = code
-            chosen.append(prior.code_embed[level](code.repeat(len(branches))))
+            chosen.append(prior.code_embed[level](code.repeat(branches)))
         spatial.append(torch.stack(chosen, dim=1).sum(dim=1), t)
     return codes
 
 
+def _sample_next_scale(prior: NextScalePrior, prefix: torch.Tensor, *, b: int, branches: int, use_cache: bool,
+                       desc: str | None, mix: dict, pick: dict) -> torch.Tensor:
+    """Tokens (b, T), one scale per pass: the scale's inputs from the codes drawn so far, every
+    position of the scale drawn at once. Without the cache each pass recomputes the whole sequence."""
+    caches = [{} for _ in prior.blocks] if use_cache else None
+    sequence = prefix + prior.pos[: prior.PREFIX]  # (B', 3, d): everything fed so far (recomputing)
+    pending, past = sequence, 0  # not yet seen by the caches
+    cumulative, drawn = None, []
+    for scale in tqdm(range(len(prior.spec.scales)), desc=desc, leave=False, disable=desc is None):
+        x = prior.embed_inputs([prior.scale_input(cumulative, scale, prefix.shape[0])], prefix, scale)  # (B', s², d)
+        if use_cache:
+            out = prior.run(torch.cat([pending, x], dim=1), prefix, past=past, caches=caches)
+            past += pending.shape[1] + x.shape[1]
+            pending = x[:, :0]
+        else:
+            sequence = torch.cat([sequence, x], dim=1)
+            out = prior.run(sequence, prefix)
+        logits = prior.head(out[:, -x.shape[1] :])  # (B', s², K)
+        mixed = guided_logits(logits, b, **mix)  # (b, s², K)
+        codes = _pick(mixed.flatten(0, 1), **pick).view(b, -1)  # (b, s²)
+        drawn.append(codes)
+        step = prior.code_map(codes.repeat(branches, 1), scale)  # every branch continues from the same codes
+        cumulative = step if cumulative is None else cumulative + step
+    return torch.cat(drawn, dim=1)
+
+
 @torch.no_grad()
 def marginal_codes(train_codes: torch.Tensor, *, n: int, seed: int) -> torch.Tensor:
-    """The baseline the prior must beat: codes (n, N, L) drawn independently per position and level
-    from their frequencies in `train_codes` (M, N, L)."""
-    m, positions, levels = train_codes.shape
+    """The baseline the prior must beat: codes (n, …) drawn independently per position and level
+    from their frequencies in `train_codes` (M, …), in either layout: (M, N, L) or tokens (M, T)."""
+    m, *shape = train_codes.shape
     k = int(train_codes.max()) + 1
     generator = torch.Generator().manual_seed(seed)
-    out = torch.empty(n, positions, levels, dtype=torch.long)
-    for level in range(levels):
-        counts = torch.nn.functional.one_hot(train_codes[..., level].cpu(), k).sum(0).float()  # (N, K)
-        out[..., level] = torch.multinomial(counts, n, replacement=True, generator=generator).T  # (n, N)
-    return out
+    if len(shape) == 2:  # (M, N, L): level by level, as before, so the same seed draws the same codes
+        out = torch.empty(n, *shape, dtype=torch.long)
+        for level in range(shape[1]):
+            counts = torch.nn.functional.one_hot(train_codes[..., level].cpu(), k).sum(0).float()  # (N, K)
+            out[..., level] = torch.multinomial(counts, n, replacement=True, generator=generator).T  # (n, N)
+        return out
+    counts = torch.nn.functional.one_hot(train_codes.reshape(m, -1).cpu(), k).sum(0).float()  # (T, K)
+    return torch.multinomial(counts, n, replacement=True, generator=generator).T.reshape(n, *shape)

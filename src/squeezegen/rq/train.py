@@ -23,7 +23,7 @@ from squeezegen.config import RefinerConfig, RQVAEConfig
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_write_text
 from squeezegen.metrics import lpips_distance
-from squeezegen.rq.model import RQVAE
+from squeezegen.rq.model import RQVAE, pyramid_sides
 from squeezegen.seed import seed_everything
 from squeezegen.train import TrainResult, cosine_settings, train
 
@@ -148,13 +148,16 @@ def make_refiner_loss(*, lpips_weight: float, lpips_net: torch.nn.Module | None)
 # ------------------------------------------------------------------------------------ training
 
 
-def build_rqvae(cfg: RQVAEConfig) -> RQVAE:
-    """A fresh RQ-VAE from the rqvae config section."""
+def build_rqvae(cfg: RQVAEConfig, *, image_size: int) -> RQVAE:
+    """A fresh RQ-VAE from the rqvae config section, for images of image_size² px."""
+    side = image_size // cfg.downsample
+    scales = {"equal": None, "pyramid": pyramid_sides(cfg.levels, side)}.get(cfg.scales, cfg.scales)
     return RQVAE(
         levels=cfg.levels, codebook_size=cfg.codebook_size, code_dim=cfg.code_dim, downsample=cfg.downsample,
         channels=cfg.channels, shared_codebook=cfg.shared_codebook, ema_decay=cfg.ema_decay, kmeans_init=cfg.kmeans_init,
         dead_code_threshold=cfg.dead_code_threshold, quantize_dropout=cfg.quantize_dropout,
         commitment_weight=cfg.commitment_weight, norm_groups=cfg.norm_groups, padding_mode=cfg.padding_mode,
+        scales=None if scales is None else list(scales),
     )
 
 
@@ -175,7 +178,7 @@ def train_rqvae(
     forward in training mode; the loop checkpoints them with the other buffers.
     """
     seed_everything(seed)
-    model = build_rqvae(cfg).train()
+    model = build_rqvae(cfg, image_size=train_images.shape[-1]).train()
     return train(
         model=model,
         loss_fn=make_rqvae_loss(recon_loss=cfg.recon_loss, lpips_weight=cfg.lpips_weight, lpips_net=lpips_net),

@@ -3,8 +3,8 @@
 The headline numbers are read from the upstream metrics files (nothing is timed again, so an
 RQ-only change leaves every `sd.*` value as it was). Its own pictures: the SD sample grid (the
 compressed pipeline under the uncompressed one at the same prompts and seeds), and the
-generation section (`gen.*`, `squeezegen.generation`): every generator on the same conditions,
-scored by the judge.
+generation section (`gen.*`, `squeezegen.generation`): every generator on the same conditions and
+sampling seeds, scored by the judge, each figure with its 95% bootstrap interval (`gen.<row>.ci95`).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     report.check_inputs(".")  # before the slow imports: a missing input fails at once
 
     from squeezegen.files import atomic_path, atomic_write_text
-    from squeezegen.generation import generation_markdown, run_generation
+    from squeezegen.generation import generation_markdown, run_generation, with_interval
     from squeezegen.rq.model import read_rqvae_config
     from squeezegen.sd.generate import sample_prompts
 
@@ -117,7 +117,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     print(
         f"evaluate: SD peak {report.fmt_ratio(sd['peak_mem_ratio'])} of fp16, UNet {report.fmt_bytes(sd['unet_bytes_gguf'])}; "
         f"RQ PSNR {report.fmt_db(rq['psnr_unrefined'])} → {report.fmt_db(rq['psnr_refined'])}; RQ generator: judged style "
-        f"accuracy {gen.get('style_acc', float('nan')):.2f}, score control {gen['score_control']:+.1f}, "
-        f"fd_judge {gen['fd_judge']:.2f} → {REPORT}"
+        f"accuracy {with_interval(gen, 'style_acc', '.2f')}, score control {with_interval(gen, 'score_control', '+.1f')}, "
+        f"fd_judge {with_interval(gen, 'fd_judge', '.2f')} → {REPORT}"
     )
     return headline

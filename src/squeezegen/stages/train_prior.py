@@ -1,4 +1,6 @@
-"""train_prior: the conditional prior over the frozen RQ-VAE's codes (style, genre, score → codes).
+"""train_prior: the conditional prior over the frozen RQ-VAE's codes (style, genre, score → codes);
+`prior.kind` picks an RQ-Transformer (raster order, L codes per position) or a next-scale prior
+(one scale per pass, for a pyramid RQ-VAE).
 
 Inputs: `data/processed` (train/val images at the RQ resolution, their style, genre and score)
 and `models/rqvae/`. The codes of both splits are encoded once per run and are the prior's data.
@@ -31,7 +33,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.rq.prior import save_prior
     from squeezegen.rq.generate import encode_codes
     from squeezegen.rq.prior_train import (
-        code_nll, condition_tensors, load_conditions, prior_spec, train_prior,
+        code_nll, condition_tensors, load_conditions, prior_data, prior_spec, train_prior,
     )
     from squeezegen.rq.train import fingerprint, load_image_tensors, tensor_hash, write_history_csv
     from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator
@@ -51,7 +53,8 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             splits[split] = (codes, load_conditions(PROCESSED_DIR, split))
         train_codes, (styles, genres, scores) = splits["train"]
         side = images.shape[-1] // rqvae.downsample
-        spec = prior_spec(pc, codes=train_codes, codebook_size=rqvae.codebook_size, styles=styles, genres=genres, grid_hw=(side, side))
+        spec = prior_spec(pc, rqvae=rqvae, codebook_size=rqvae.codebook_size, styles=styles, genres=genres, grid_hw=(side, side))
+        train_codes = prior_data(spec, rqvae, train_codes)
         train_cond = condition_tensors(spec, styles, genres, scores)
         result = train_prior(
             cfg=pc,
@@ -73,17 +76,19 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         save_prior(model, MODEL_DIR, meta={"image_size": int(images.shape[-1]), "steps": pc.max_steps,
                                            "rqvae_sha256": sha256_file(RQVAE_DIR / WEIGHTS_FILE)})
         val_codes, val_meta = splits["val"]
+        val_codes = prior_data(spec, rqvae, val_codes)
         val_cond = condition_tensors(spec, *val_meta)
         nll = code_nll(model, val_codes, val_cond)
         nll_uncond = code_nll(model, val_codes, val_cond, conditional=False)
         metrics = {
+            "kind": spec.kind,
             "params": count_parameters(model),
-            "codes_per_image": spec.positions * spec.levels,
+            "codes_per_image": spec.tokens,
             "train_images": len(train_codes),
             "final_loss": result.history[-1]["loss"],
             "val_nll": nll,  # nats per code
             "val_nll_unconditional": nll_uncond,
-            "val_bits_per_image": nll * spec.positions * spec.levels / math.log(2),
+            "val_bits_per_image": nll * spec.tokens / math.log(2),
             "condition_gain_nats": nll_uncond - nll,  # what style + genre + score tell about the codes
             "uniform_nll": math.log(spec.codebook_size),
             "train_seconds": round(result.seconds, 2),

@@ -36,7 +36,7 @@ def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
 
     rq, size = cfg.rqvae, cfg.data.rq_size
     with torch.device("meta"):
-        model = build_rqvae(rq).train()
+        model = build_rqvae(rq, image_size=size).train()
     meta_lpips = copy.deepcopy(lpips_net).to("meta") if rq.lpips_weight > 0 else None
 
     def forward(batch: int) -> None:
@@ -117,7 +117,11 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
 
         shown = val_images[: cfg.evaluate.num_progressive]
         by_levels, _ = progressive_rows(model, shown, device=device)
-        title = f"RQ-VAE: {metrics['grid'][0]}×{metrics['grid'][1]} codes × {rq.levels} levels, K={rq.codebook_size}"
+        if model.pyramid:
+            sides = " → ".join(f"{s}²" for s in metrics["scales"])
+            title = f"RQ-VAE: a pyramid of {rq.levels} levels ({sides} = {metrics['codes_per_image']} codes), K={rq.codebook_size}"
+        else:
+            title = f"RQ-VAE: {metrics['grid'][0]}×{metrics['grid'][1]} codes × {rq.levels} levels, K={rq.codebook_size}"
         render_progressive(PICTURE, shown.cpu(), by_levels, None, title=title)
         run.log_artifact(PICTURE, "pictures")
         metrics["peak_mem_bytes"] = stage_peak_bytes(device)  # the whole stage, evaluation and picture included
