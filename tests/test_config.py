@@ -116,8 +116,23 @@ def test_params_survive_a_dvc_style_rewrite(tmp_path):
     rt = YAML()
     data = rt.load((ROOT / "params.yaml").read_text())
     data["rqvae"]["levels"] = 2
+    data["rqvae"]["scales"] = [8, 16]  # as `-S 'rqvae.scales=[8, 16]'` writes it
     with open(tmp_path / "params.yaml", "w") as f:
         rt.dump(data, f)
     before, after = load_config(ROOT / "params.yaml"), load_config(tmp_path / "params.yaml")
-    assert after.rqvae.levels == 2
+    assert after.rqvae.levels == 2 and after.rqvae.scales == (8, 16)
     assert dataclasses.replace(after, rqvae=before.rqvae) == before
+
+
+@pytest.mark.parametrize("scales, levels, words", [
+    ([4, 8, 16, 16], 2, ["rqvae.scales", "rqvae.levels is 2", "rqvae.scales=[8, 16]"]),
+    ([8, 4], 2, ["rqvae.scales", "coarse to fine"]),
+    ([4, 8, 8], 3, ["rqvae.scales", "full 16×16 grid"]),
+    ("spiral", 4, ["rqvae.scales", "'equal', 'pyramid'"]),
+])
+def test_rqvae_scales_must_fit_the_levels_and_end_at_the_full_grid(scales, levels, words):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["rqvae"].update(scales=scales, levels=levels)
+    with pytest.raises(ConfigError) as err:
+        resolve(raw)
+    assert all(w in str(err.value) for w in words), str(err.value)

@@ -50,8 +50,10 @@ def _sample(prior, **kw):
 
 
 def test_pyramid_sides_double_up_to_the_full_grid():
-    assert pyramid_sides(4, 16) == [2, 4, 8, 16]
-    assert pyramid_sides(6, 16) == [1, 1, 2, 4, 8, 16]
+    assert pyramid_sides(4, 16, 4) == [4, 8, 16, 16]
+    assert pyramid_sides(4, 16, 2) == [2, 4, 8, 16]
+    assert pyramid_sides(6, 16, 1) == [1, 2, 4, 8, 16, 16]
+    assert pyramid_sides(2, 16, 4) == [4, 16] and pyramid_sides(3, 2, 4) == [2, 2, 2]
     with pytest.raises(ValueError, match="coarse to fine"):
         RQVAE(levels=2, codebook_size=16, code_dim=8, downsample=4, channels=[8, 8, 8], scales=[8, 2])
 

@@ -241,6 +241,35 @@ def test_rq_experiment_reruns_only_rq_stages_and_diff_shows_rq_metrics(toy):
         json.loads(run(["git", "show", "HEAD:metrics/rqvae.json"], cwd=toy).stdout)["bits_per_image"]
 
 
+def test_both_prior_kinds_train_evaluate_and_sample_and_the_kind_reruns_only_the_prior(toy, tmp_path):
+    """Equal-scale RQ-VAE codes can feed either prior: the RQ-Transformer, then the next-scale one.
+    The second experiment changes only `prior.kind`, so only train_prior and evaluate re-run."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from squeezegen.cli import app
+
+    params = yaml.safe_load((toy / "params.yaml").read_text())
+    first = dvc("exp", "run", "-S", "rqvae.scales=equal", "-S", "prior.kind=rq_transformer", cwd=toy)
+    if params["rqvae"]["scales"] != "equal":
+        expected = RQ_STAGES
+    else:
+        expected = {"train_prior", "evaluate"} if params["prior"]["kind"] != "rq_transformer" else set()
+    assert ran_stages(first.stdout) == expected, first.stdout
+    for kind in ("rq_transformer", "next_scale"):
+        if kind == "next_scale":
+            second = dvc("exp", "run", "-S", "rqvae.scales=equal", "-S", "prior.kind=next_scale", cwd=toy)
+            assert ran_stages(second.stdout) == {"train_prior", "evaluate"}, second.stdout
+        prior = json.loads((toy / "metrics/prior.json").read_text())
+        gen = json.loads((toy / "metrics/evaluate.json").read_text())["gen"]["rq_prior"]
+        assert prior["kind"] == kind and "ci95" in gen and 0 <= gen["style_acc"] <= 1
+        out = tmp_path / f"{kind}.png"
+        result = CliRunner().invoke(app, ["sample", "--style", "cubism", "--genre", "portrait", "-n", "2", "--out", str(out),
+                                          "--prior", str(toy / "models/prior"), "--rqvae", str(toy / "models/rqvae"),
+                                          "--refiner", str(toy / "models/refiner"), "--params", str(toy / "params.yaml")])
+        assert result.exit_code == 0 and Image.open(out).mode == "RGB", result.output
+
+
 def test_plots_show_renders_with_images(toy, tmp_path):
     dvc("plots", "show", "-o", str(tmp_path / "plots"), cwd=toy)
     html = (tmp_path / "plots" / "index.html").read_text()

@@ -73,7 +73,10 @@ def test_train_prior_writes_the_model_metrics_and_curve(project):
     assert {"train_seconds", "steps_per_s"} <= set(on_disk["perf"])  # timings apart from the quality figures
     metrics = merge_perf(on_disk)
     assert metrics["params"] == sum(p.numel() for p in prior.parameters())
-    assert metrics["codes_per_image"] == 64 * 3 and 0 < metrics["val_nll"] < 2 * metrics["uniform_nll"]
+    kind = yaml.safe_load((project / "params.yaml").read_text())["prior"]["kind"]
+    assert metrics["kind"] == prior.spec.kind == kind
+    codes = sum(side * side for side in prior.spec.scales) if kind == "next_scale" else 64 * 3  # a pyramid, or 8×8 × 3 levels
+    assert metrics["codes_per_image"] == prior.spec.tokens == codes and 0 < metrics["val_nll"] < 2 * metrics["uniform_nll"]
     assert metrics["condition_gain_nats"] == pytest.approx(metrics["val_nll_unconditional"] - metrics["val_nll"])
     lines = (project / "metrics/prior_loss.csv").read_text().splitlines()
     assert lines[0] == "step,loss,lr" and len(lines) == 7

@@ -171,6 +171,7 @@ class RQVAEConfig:
 
     levels: int = _range(1, 64)
     scales: Literal["equal", "pyramid"] | tuple[int, ...] = "equal"
+    first_side: int = _range(1)
     codebook_size: int = _range(2, 1 << 20)
     code_dim: int = _range(1)
     shared_codebook: bool = False
@@ -202,11 +203,14 @@ class RQVAEConfig:
                 f"got {list(self.channels)}"
             )
         if isinstance(self.scales, tuple):
-            if len(self.scales) != self.levels or min(self.scales) < 1 or list(self.scales) != sorted(self.scales):
+            if len(self.scales) != self.levels:
+                example = [max(1, self.scales[-1] >> (self.levels - 1 - k)) for k in range(self.levels)] if self.scales else []
                 raise ConfigError(
-                    f"{path}.scales: list one grid side per level ({self.levels}), coarse to fine, each ≥ 1, "
-                    f"got {list(self.scales)}; or use equal | pyramid"
+                    f"{path}.scales: lists {len(self.scales)} grid sides {list(self.scales)} but {path}.levels is {self.levels}; "
+                    f"change both (e.g. -S {path}.levels={self.levels} -S '{path}.scales={example}') or use scales: pyramid | equal"
                 )
+            if min(self.scales) < 1 or list(self.scales) != sorted(self.scales):
+                raise ConfigError(f"{path}.scales: list grid sides ≥ 1, coarse to fine, got {list(self.scales)}; or use equal | pyramid")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -236,6 +236,26 @@ def score_rows(gen, cond: Conditions, settings: SamplingSettings) -> list[torch.
     return [by_score[i * k : (i + 1) * k] for i in range(len(PICTURE_SCORES))]
 
 
+PROGRESSIVE_SAMPLES = 4  # samples in the progressive picture
+
+
+def progressive_samples(gen, cond: Conditions, settings: SamplingSettings):
+    """Samples decoded from their first 1, 2, … L levels, then refined: one picture row per sample."""
+    from squeezegen.sd.generate import labelled_grid
+
+    k = min(PROGRESSIVE_SAMPLES, len(cond))
+    codes = gen.sample(styles=cond.styles[:k], genres=cond.genres[:k], scores=cond.scores[:k], seed=settings.seed + 4,
+                       desc="sample progressive", **settings.sampling)
+    levels = gen.rqvae.levels
+    columns = [gen.decode(codes, refine=False, levels=n) for n in range(1, levels + 1)] + [gen.decode(codes)]
+    sides = gen.rqvae.level_sides(gen.grid_hw[0])
+    labels = [f"level 1\n({sides[0]}x{sides[0]})" if n == 1 else f"levels 1-{n}\n(+{sides[n - 1]}x{sides[n - 1]})"
+              for n in range(1, levels + 1)]  # plain ASCII: the picture font has no superscripts or dashes
+    rows = [[_pil_row(column[i : i + 1])[0] for column in columns] for i in range(k)]
+    names = [f"{style.replace('_', ' ')}\n{genre}" for style, genre in zip(cond.styles[:k], cond.genres[:k])]
+    return labelled_grid(rows, row_labels=names, col_labels=[*labels, "refined"])
+
+
 def most_frequent(names: Sequence[str], count: int) -> list[str]:
     """The `count` most frequent non-empty names, ties in order of first appearance."""
     return [name for name, _ in Counter(n for n in names if n).most_common(count)]
@@ -348,6 +368,8 @@ def run_generation(cfg, *, processed_dir: Path, judge_dir: Path, prior_dir: Path
     rq = metrics["rq_prior"]
     rq["images_per_s"] = 1.0 / rq["seconds_per_image"]
     rq["sampling"] = settings.sampling
+    rq["design"] = {"prior_kind": gen.prior.spec.kind, "rqvae_scales": gen.rqvae.level_sides(gen.grid_hw[0]),
+                    "codes_per_image": gen.prior.spec.tokens}
     sizes, disk = gen.params, gen.bytes_on_disk
     rq.update(params=sum(sizes.values()), bytes=sum(disk.values()), params_by_model=sizes)
     metrics["rq_prior_norefine"].update(params=sizes["prior"] + sizes["rqvae"], bytes=disk["prior"] + disk["rqvae"])
@@ -365,6 +387,7 @@ def run_generation(cfg, *, processed_dir: Path, judge_dir: Path, prior_dir: Path
         "rq_scores.png": labelled_grid([_pil_row(r) for r in score_rows(gen, cond, settings)],
                                        row_labels=[f"score {s:.0f}" for s in PICTURE_SCORES], col_labels=shown_conditions.captions),
         "style_genre.png": style_genre_picture(gen, val_cond, settings),
+        "rq_progressive.png": progressive_samples(gen, cond, settings),
     }
     return metrics, pictures
 
@@ -393,6 +416,17 @@ def with_interval(row: Mapping[str, Any], figure: str, spec: str) -> str:
     if value is None or interval is None:
         return _fmt(value, spec)
     return f"{value:{spec}} [{interval['lo']:{spec}}, {interval['hi']:{spec}}]"
+
+
+def _design_sentence(design: Mapping[str, Any]) -> str:
+    """What the RQ generator is: its prior's kind and the RQ-VAE's levels."""
+    sides = design.get("rqvae_scales") or []
+    if not sides:
+        return ""
+    grids = " → ".join(f"{s}×{s}" for s in sides) if len(set(sides)) > 1 else f"{len(sides)} levels of {sides[0]}×{sides[0]}"
+    how = ("a next-scale prior draws one level per pass" if design.get("prior_kind") == "next_scale"
+           else "an RQ-Transformer draws them position by position, level by level")
+    return f"**Design.** The RQ-VAE's codes are {grids} ({design.get('codes_per_image')} codes per image); {how}."
 
 
 def generation_markdown(gen: dict[str, Any], *, judge: dict[str, Any], profile: str) -> str:
@@ -424,6 +458,7 @@ def generation_markdown(gen: dict[str, Any], *, judge: dict[str, Any], profile: 
         f"Duplicated samples inflate a Fréchet distance, so the `fd_judge` and fd-position intervals are shifted by the "
         f"bootstrap's estimate of that bias.",
         "\n".join(rows),
+        _design_sentence(rq.get("design", {})),
         f"**Score control.** The RQ generator samples with classifier-free guidance {_fmt(sampling.get('guidance_scale'), 'g')} "
         f"and score guidance {_fmt(sampling.get('score_guidance_scale'), 'g')} (toward the asked score, away from 100 − score). "
         f"Asked for a score of {SCORE_HIGH:.0f}, its samples are judged "
@@ -437,4 +472,6 @@ def generation_markdown(gen: dict[str, Any], *, judge: dict[str, Any], profile: 
         f"The RQ generator asked for a score of {GRID_SCORE:.0f}, one sample per cell (one seed): the validation split's "
         f"most frequent styles (rows, up to {GRID_STYLES}) × its most frequent genres (columns, up to {GRID_GENRES}):",
         f"![RQ generator, style × genre at score {GRID_SCORE:.0f}](evaluate/style_genre.png)",
+        "Samples decoded from their first levels only (coarse to fine), then refined:",
+        "![RQ generator samples, level by level](evaluate/rq_progressive.png)",
     ])

@@ -46,7 +46,7 @@ OTHER_INPUTS: dict[str, str] = {
 }
 SD_SAMPLES = "evaluate/sd_samples.png"  # drawn by the evaluate stage, relative to reports/
 # every picture the report shows, relative to reports/ (where report.md lives)
-GENERATION_PICTURES = ("evaluate/generation.png", "evaluate/rq_scores.png", "evaluate/style_genre.png")  # drawn by evaluate too
+GENERATION_PICTURES = ("evaluate/generation.png", "evaluate/rq_scores.png", "evaluate/style_genre.png", "evaluate/rq_progressive.png")  # drawn by evaluate too
 PICTURES = (SD_SAMPLES, *GENERATION_PICTURES, "benchmark/memory.png", "benchmark/frontier.png", "benchmark/samples.png",
             "quantize/bits_per_layer.png", "lora/samples.png", "refiner/progressive.png")
 BASELINE_LABELS = {"uniform_Q4_K": "uniform Q4_K", "uniform_Q3_K": "uniform Q3_K"}  # the rest print as named

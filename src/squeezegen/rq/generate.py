@@ -107,12 +107,12 @@ class RQGenerator:
         return self.rqvae.from_tokens(codes) if self.prior.spec.kind == "next_scale" else codes
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor, *, refine: bool = True, batch_size: int = 64) -> torch.Tensor:
-        """uint8 images (n, 3, H, W) from codes in the RQ-VAE's layout."""
+    def decode(self, codes: torch.Tensor, *, refine: bool = True, levels: int | None = None, batch_size: int = 64) -> torch.Tensor:
+        """uint8 images (n, 3, H, W) from codes in the RQ-VAE's layout (their first `levels` levels; None: all)."""
         device = next(self.rqvae.parameters()).device
         out = []
         for i in range(0, len(codes), batch_size):
-            x = self.rqvae.decode_indices(codes[i : i + batch_size].to(device), grid_hw=self.grid_hw).clamp(-1, 1)
+            x = self.rqvae.decode_indices(codes[i : i + batch_size].to(device), levels=levels, grid_hw=self.grid_hw).clamp(-1, 1)
             if refine and self.refiner is not None:
                 x = self.refiner(x).clamp(-1, 1)
             out.append(to_uint8(x).cpu())

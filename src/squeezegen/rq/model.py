@@ -45,9 +45,11 @@ PADDING_MODES = ("zeros", "replicate", "reflect")  # nn.Conv2d padding modes the
 PHI_MIX = 0.5  # φ(x) = (1 − PHI_MIX)·x + PHI_MIX·conv3x3(x) after upsampling a pyramid level (VAR's quant_resi)
 
 
-def pyramid_sides(levels: int, side: int) -> list[int]:
-    """Grid sides of a `levels`-level pyramid ending at `side`, each level doubling the last: 16, 4 → [2, 4, 8, 16]."""
-    return [max(1, side >> (levels - 1 - k)) for k in range(levels)]
+def pyramid_sides(levels: int, side: int, first: int) -> list[int]:
+    """Grid sides of a `levels`-level pyramid over a side × side grid: from `first`, doubling, capped at
+    `side`; the last level is always the full grid. (4, 16, 4) → [4, 8, 16, 16]; (4, 16, 2) → [2, 4, 8, 16]."""
+    sides = [min(side, max(1, first) << k) for k in range(levels)]
+    return sides[:-1] + [side]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,7 +1,11 @@
-"""Sampling codes from the prior: conditions by name, classifier-free guidance, KV cache.
+"""Sampling codes from either prior: conditions by name, classifier-free guidance, KV cache.
 
     codes = sample_codes(prior, styles=["Cubism"] * 16, genres=["portrait"] * 16, scores=[80.0] * 16, seed=0)
-    images = rqvae.decode_indices(codes)
+    images = rqvae.decode_indices(codes)            # RQ-Transformer: codes (B, N, L)
+    images = rqvae.decode_indices(rqvae.from_tokens(codes))  # next-scale prior: tokens (B, T)
+
+An RQ-Transformer draws one code per pass (position by position, level by level); a next-scale
+prior draws every code of a scale per pass, scale by scale.
 
 Guidance works on the logits, as in LlamaGen / MaskGIT: the batch runs twice, with the
 conditions and with all three dropped (the null embeddings the prior learned with

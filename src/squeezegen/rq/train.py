@@ -151,7 +151,7 @@ def make_refiner_loss(*, lpips_weight: float, lpips_net: torch.nn.Module | None)
 def build_rqvae(cfg: RQVAEConfig, *, image_size: int) -> RQVAE:
     """A fresh RQ-VAE from the rqvae config section, for images of image_size² px."""
     side = image_size // cfg.downsample
-    scales = {"equal": None, "pyramid": pyramid_sides(cfg.levels, side)}.get(cfg.scales, cfg.scales)
+    scales = {"equal": None, "pyramid": pyramid_sides(cfg.levels, side, cfg.first_side)}.get(cfg.scales, cfg.scales)
     return RQVAE(
         levels=cfg.levels, codebook_size=cfg.codebook_size, code_dim=cfg.code_dim, downsample=cfg.downsample,
         channels=cfg.channels, shared_codebook=cfg.shared_codebook, ema_decay=cfg.ema_decay, kmeans_init=cfg.kmeans_init,
