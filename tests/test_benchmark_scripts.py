@@ -87,3 +87,22 @@ def test_sd15_memory_runs_every_configuration_by_default_and_checks_the_lean_tar
     assert math.isclose(graphs["ratio"], 0.60 / 0.50) and not graphs["at_most_1_15x"]
     summary["fp16_sequential_offload"] = {"skipped": "no accelerator"}
     assert "lean_vs_sequential_offload" not in bench.lean_targets(summary, applies=False)
+
+
+def test_prior_speed_times_both_priors_at_each_batch_and_writes_the_ratio(tmp_path):
+    """benchmarks/prior_speed.py on a params.yaml shrunk to a tiny prior and RQ-VAE: every (batch, prior) row is timed."""
+    import yaml
+
+    params = yaml.safe_load((BENCHMARKS.parent / "params.yaml").read_text())
+    params["profiles"]["toy"]["data"]["rq_size"] = 16
+    params["profiles"]["toy"]["prior"].update(width=16, heads=2, spatial_layers=1, depth_width=8, depth_layers=1)
+    params["profiles"]["toy"]["refiner"]["channels"] = [8, 8]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = tmp_path / "speed.json"
+    result = load_script("prior_speed").main(["--batch", "1", "3", "--repeats", "1", "--root", str(tmp_path), "--out", str(out)])
+    rows = result["perf"]["rows"]
+    assert [(r["batch"], r["prior"]) for r in rows] == [(b, k) for b in (1, 3) for k in ("rq_transformer", "next_scale")]
+    assert {r["passes"] for r in rows if r["prior"] == "next_scale"} == {params["rqvae"]["levels"]}
+    assert all(r["codes_per_s"] > 0 and r["images_per_s_end_to_end"] > 0 for r in rows)
+    assert set(result["perf"]["next_scale_over_rq_transformer"]) == {"1", "3"}
+    assert out.with_suffix(".md").read_text().count("next_scale / rq_transformer") == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -125,24 +125,18 @@ class RQGenerator:
         genres: Sequence[str | None],
         scores: Sequence[float | None],
         seed: int,
-        guidance_scale: float = 1.0,
-        score_guidance_scale: float = 0.0,
-        temperature: float = 1.0,
-        top_k: int | None = None,
         refine: bool = True,
         batch_size: int = 32,
+        **sampling: Any,
     ) -> tuple[torch.Tensor, float]:
         """(uint8 images (n, 3, H, W), seconds per image). Batch i is sampled with seed + i, so the
-        same arguments always give the same images."""
+        same arguments always give the same images. `sampling`: `sample`'s guidance, temperature and top_k."""
         started = time.perf_counter()
         images = []
         for i, start in enumerate(range(0, len(styles), batch_size)):
             part = slice(start, start + batch_size)
-            codes = self.sample(
-                styles=styles[part], genres=genres[part], scores=scores[part], seed=seed + i,
-                guidance_scale=guidance_scale, score_guidance_scale=score_guidance_scale, temperature=temperature,
-                top_k=top_k, desc=f"sample batch {i + 1}",
-            )
+            codes = self.sample(styles=styles[part], genres=genres[part], scores=scores[part], seed=seed + i,
+                                desc=f"sample batch {i + 1}", **sampling)
             images.append(self.decode(codes, refine=refine))
         images = torch.cat(images)
         return images, (time.perf_counter() - started) / max(len(images), 1)

@@ -195,37 +195,25 @@ class RQVAE(nn.Module):
         self.encoder = Encoder(channels=channels, code_dim=code_dim, norm_groups=norm_groups, padding_mode=padding_mode)
         self.decoder = Decoder(channels=channels, code_dim=code_dim, norm_groups=norm_groups, padding_mode=padding_mode)
         self.scales = scales  # None: equal levels; else the grid side of each level
-        if scales is not None:
-            self.quantizer = HierarchicalVQ(
-                dim=code_dim,
-                codebook_size=codebook_size,
-                scales=scales,
-                shared_codebook=shared_codebook,
-                accept_image_fmap=True,
-                decay=ema_decay,
-                kmeans_init=kmeans_init,
-                threshold_ema_dead_code=dead_code_threshold,
-                commitment_weight=commitment_weight,
-                rotation_trick=rotation_trick,
-                quant_resi=PHI_MIX,
-                share_quant_resi=0,  # one φ per level
-                nested_dropout=0.5 if quantize_dropout else 0.0,
-            )
-            return
-        self.quantizer = ResidualVQ(
+        codebooks = dict(
             dim=code_dim,
-            num_quantizers=levels,
             codebook_size=codebook_size,
             shared_codebook=shared_codebook,
             kmeans_init=kmeans_init,
             decay=ema_decay,  # EMA codebooks: updated inside forward in training mode
             threshold_ema_dead_code=dead_code_threshold,
-            quantize_dropout=quantize_dropout,
             commitment_weight=commitment_weight,
             # Gradients to the encoder: the RQ-VAE paper's straight-through estimator by default
             # (the library defaults to the rotation trick).
             rotation_trick=rotation_trick,
         )
+        if scales is None:
+            self.quantizer = ResidualVQ(num_quantizers=levels, quantize_dropout=quantize_dropout, **codebooks)
+        else:
+            self.quantizer = HierarchicalVQ(
+                scales=scales, accept_image_fmap=True, quant_resi=PHI_MIX, share_quant_resi=0,  # one φ per level
+                nested_dropout=0.5 if quantize_dropout else 0.0, **codebooks,
+            )
 
     @property
     def pyramid(self) -> bool:
