@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows, timings = [], {}
     for steps in args.steps:
         run_cfg = dataclasses.replace(pc, max_steps=steps)
-        spec = prior_spec(run_cfg, rqvae=rqvae, codebook_size=rqvae.codebook_size, styles=styles, genres=genres,
-                          grid_hw=(side, side))
+        spec = prior_spec(run_cfg, rqvae=rqvae, styles=styles, genres=genres, grid_hw=(side, side))
         with tempfile.TemporaryDirectory() as checkpoints:
             started = time.perf_counter()
             prior = train_prior(cfg=run_cfg, spec=spec, seed=cfg.seed, codes=prior_data(spec, rqvae, train_codes),

@@ -46,8 +46,7 @@ def build_generator(cfg, kind: str, scales: str) -> RQGenerator:
     size = cfg.data.rq_size
     rqvae = build_rqvae(dataclasses.replace(cfg.rqvae, scales=scales), image_size=size).eval()
     side = size // cfg.rqvae.downsample
-    spec = prior_spec(dataclasses.replace(cfg.prior, kind=kind), rqvae=rqvae, codebook_size=cfg.rqvae.codebook_size,
-                      styles=STYLES, genres=GENRES, grid_hw=(side, side))
+    spec = prior_spec(dataclasses.replace(cfg.prior, kind=kind), rqvae=rqvae, styles=STYLES, genres=GENRES, grid_hw=(side, side))
     refiner = Refiner.build(channels=cfg.refiner.channels, image_size=size).eval()
     return RQGenerator(build_prior(spec).eval(), rqvae, refiner, {})
 

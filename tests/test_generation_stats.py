@@ -12,8 +12,8 @@ from squeezegen.generation import (
     Conditions, SamplingSettings, Verdicts, evaluate_rq, generation_figures, generation_intervals, judge_figures,
     most_frequent, sampling_seeds, style_genre_picture,
 )
-from squeezegen.judge import frechet_distance
-from squeezegen.stats import FrechetReference, bootstrap_intervals, take
+from squeezegen.judge import FrechetReference, frechet_distance
+from squeezegen.stats import bootstrap_intervals, take
 
 
 def mean_interval(table: np.ndarray, **kw) -> dict[str, float]:

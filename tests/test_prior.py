@@ -199,8 +199,8 @@ def test_full_profile_rq_generator_stays_under_120m_parameters(kind, scales):
     assert side == 16 and cfg.rqvae.levels == 4  # 16×16 final grid at 256 px
     with torch.device("meta"):
         rqvae = build_rqvae(dataclasses.replace(cfg.rqvae, scales=scales), image_size=cfg.data.rq_size)
-        spec = prior_spec(dataclasses.replace(cfg.prior, kind=kind), rqvae=rqvae, codebook_size=cfg.rqvae.codebook_size,
-                          styles=[f"style {i}" for i in range(27)], genres=[f"genre {i}" for i in range(8)], grid_hw=(side, side))
+        spec = prior_spec(dataclasses.replace(cfg.prior, kind=kind), rqvae=rqvae, styles=[f"style {i}" for i in range(27)],
+                          genres=[f"genre {i}" for i in range(8)], grid_hw=(side, side))
         counts = {"rqvae": rqvae, "prior": build_prior(spec),
                   "refiner": Refiner.build(channels=cfg.refiner.channels, image_size=cfg.data.rq_size)}
     params = {name: sum(p.numel() for p in model.parameters()) for name, model in counts.items()}

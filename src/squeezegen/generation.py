@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from squeezegen.data.captions import caption_for
-from squeezegen.judge import judge_images
-from squeezegen.stats import REPLICATES, FrechetReference, bootstrap_intervals, take
+from squeezegen.judge import FrechetReference, judge_images
+from squeezegen.stats import REPLICATES, bootstrap_intervals, take
 
 SCORE_HIGH, SCORE_LOW = 80.0, 30.0  # the score-control pair
 PICTURE_SCORES = (20.0, 50.0, 80.0)  # one picture row per score for the RQ prior

@@ -79,32 +79,3 @@ def bootstrap_intervals(
             lo, hi = np.percentile(finite, [tail, 100 - tail]) + shift
             out[name] = {"lo": float(lo), "hi": float(hi)}
     return out
-
-
-class FrechetReference:
-    """Fréchet distances to one fixed feature set (M, D), its statistics computed once.
-
-    The same d² as `squeezegen.judge.frechet_distance` (float64, eigh-based, negative round-off
-    clipped), in the symmetric form Tr((Σr^½ Σ Σr^½)^½) so that each distance costs one eigvalsh:
-    the bootstrap asks for thousands.
-    """
-
-    def __init__(self, features: np.ndarray):
-        ref = np.asarray(features, np.float64)
-        if ref.ndim != 2 or len(ref) < 2:
-            raise ValueError(f"reference features must be (M ≥ 2, D), got {ref.shape}")
-        self.mean = ref.mean(0)  # (D,)
-        self.cov = np.atleast_2d(np.cov(ref, rowvar=False))  # (D, D)
-        vals, vecs = np.linalg.eigh(self.cov)
-        self.cov_sqrt = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T  # Σr^½
-
-    def distance(self, features: np.ndarray) -> float:
-        """d² between Gaussians fitted to `features` (N ≥ 2, D) and to the reference."""
-        x = np.asarray(features, np.float64)
-        if x.ndim != 2 or len(x) < 2 or x.shape[1] != len(self.mean):
-            raise ValueError(f"features must be (N ≥ 2, {len(self.mean)}), got {x.shape}")
-        cov = np.atleast_2d(np.cov(x, rowvar=False))  # (D, D)
-        middle = self.cov_sqrt @ cov @ self.cov_sqrt
-        cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
-        distance = float(((x.mean(0) - self.mean) ** 2).sum() + np.trace(cov) + np.trace(self.cov) - 2 * cross)
-        return max(distance, 0.0)  # round-off can leave -1e-12 for identical sets

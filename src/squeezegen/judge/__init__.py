@@ -5,7 +5,7 @@ evaluate's import closure does not take in the training loop.
 """
 
 from squeezegen.judge.model import (
-    Judge, frechet_distance, judge_images, load_judge, prepare_images, save_judge,
+    FrechetReference, Judge, frechet_distance, judge_images, load_judge, prepare_images, save_judge,
 )
 
-__all__ = ["Judge", "frechet_distance", "judge_images", "load_judge", "prepare_images", "save_judge"]
+__all__ = ["FrechetReference", "Judge", "frechet_distance", "judge_images", "load_judge", "prepare_images", "save_judge"]

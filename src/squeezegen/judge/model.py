@@ -239,22 +239,40 @@ def judge_images(
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (N_a, D) and (N_b, D).
-
-    d² = |μa − μb|² + Tr(Σa) + Tr(Σb) − 2·Tr((Σa^½ Σb Σa^½)^½). The cross term is computed
-    from the symmetric PSD matrix Σa^½ Σb Σa^½ with eigh (negative round-off eigenvalues clipped
-    to 0), which is stable where sqrtm(Σa Σb) of a singular product goes complex. float64.
-    """
+    """Fréchet distance between Gaussians fitted to two feature sets (N_a, D) and (N_b, D) (`FrechetReference`)."""
     a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sets must be (N, D) with the same D, got {a.shape} and {b.shape}")
     if len(a) < 2 or len(b) < 2:
         raise UserError(f"frechet_distance needs at least 2 samples per set (a covariance), got {len(a)} and {len(b)}")
-    mu_a, mu_b = a.mean(0), b.mean(0)  # (D,)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))  # (D, D)
-    vals, vecs = np.linalg.eigh(cov_a)
-    sqrt_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T  # Σa^½, (D, D)
-    middle = sqrt_a @ cov_b @ sqrt_a
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
-    distance = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
-    return max(distance, 0.0)  # round-off can leave -1e-12 for identical sets
+    return FrechetReference(a).distance(b)
+
+
+class FrechetReference:
+    """Fréchet distances to one fixed feature set (M, D), its statistics computed once.
+
+    d² = |μ − μr|² + Tr(Σ) + Tr(Σr) − 2·Tr((Σr^½ Σ Σr^½)^½). The cross term is computed from the
+    symmetric PSD matrix Σr^½ Σ Σr^½ with eigh (negative round-off eigenvalues clipped to 0), which
+    is stable where sqrtm(Σr Σ) of a singular product goes complex; float64. Σr^½ is computed once,
+    so each distance costs one eigvalsh: the bootstrap asks for thousands.
+    """
+
+    def __init__(self, features: np.ndarray):
+        ref = np.asarray(features, np.float64)
+        if ref.ndim != 2 or len(ref) < 2:
+            raise ValueError(f"reference features must be (M ≥ 2, D), got {ref.shape}")
+        self.mean = ref.mean(0)  # (D,)
+        self.cov = np.atleast_2d(np.cov(ref, rowvar=False))  # (D, D)
+        vals, vecs = np.linalg.eigh(self.cov)
+        self.cov_sqrt = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T  # Σr^½
+
+    def distance(self, features: np.ndarray) -> float:
+        """d² between Gaussians fitted to `features` (N ≥ 2, D) and to the reference."""
+        x = np.asarray(features, np.float64)
+        if x.ndim != 2 or len(x) < 2 or x.shape[1] != len(self.mean):
+            raise ValueError(f"features must be (N ≥ 2, {len(self.mean)}), got {x.shape}")
+        cov = np.atleast_2d(np.cov(x, rowvar=False))  # (D, D)
+        middle = self.cov_sqrt @ cov @ self.cov_sqrt
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+        distance = float(((x.mean(0) - self.mean) ** 2).sum() + np.trace(cov) + np.trace(self.cov) - 2 * cross)
+        return max(distance, 0.0)  # round-off can leave -1e-12 for identical sets

@@ -85,25 +85,12 @@ class RQGenerator:
         """Codes of uint8 images (M, 3, H, W), in the layout `sample` returns and `decode` takes."""
         return encode_codes(self.rqvae, images, batch_size=batch_size, device=next(self.rqvae.parameters()).device)
 
-    def sample(
-        self,
-        *,
-        styles: Sequence[str | None],
-        genres: Sequence[str | None],
-        scores: Sequence[float | None],
-        seed: int,
-        guidance_scale: float = 1.0,
-        score_guidance_scale: float = 0.0,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        desc: str | None = None,
-    ) -> torch.Tensor:
+    def sample(self, *, styles: Sequence[str | None], genres: Sequence[str | None], scores: Sequence[float | None],
+               seed: int, **sampling: Any) -> torch.Tensor:
         """Codes of one batch of len(styles) samples, drawn by the prior (one seed for the batch), in
-        the RQ-VAE's layout (a next-scale prior's tokens are unflattened)."""
-        codes = sample_codes(
-            self.prior, styles=styles, genres=genres, scores=scores, seed=seed, guidance_scale=guidance_scale,
-            score_guidance_scale=score_guidance_scale, temperature=temperature, top_k=top_k, desc=desc,
-        )
+        the RQ-VAE's layout (a next-scale prior's tokens are unflattened). `sampling`: `sample_codes`'
+        guidance_scale, score_guidance_scale, temperature, top_k and desc."""
+        codes = sample_codes(self.prior, styles=styles, genres=genres, scores=scores, seed=seed, **sampling)
         return self.rqvae.from_tokens(codes) if self.prior.spec.kind == "next_scale" else codes
 
     @torch.no_grad()

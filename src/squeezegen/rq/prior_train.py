@@ -51,7 +51,7 @@ def condition_tensors(spec: PriorSpec, styles: Sequence[str], genres: Sequence[s
     return style, genre, score, torch.from_numpy(~np.isnan(scores))
 
 
-def prior_spec(cfg: PriorConfig, *, rqvae: RQVAE, codebook_size: int, styles, genres, grid_hw) -> PriorSpec:
+def prior_spec(cfg: PriorConfig, *, rqvae: RQVAE, styles, genres, grid_hw) -> PriorSpec:
     """The prior's shape from its config and the RQ-VAE whose codes it will model (on a grid_hw grid)."""
     h, w = grid_hw
     if cfg.kind == "rq_transformer" and rqvae.pyramid:
@@ -60,7 +60,7 @@ def prior_spec(cfg: PriorConfig, *, rqvae: RQVAE, codebook_size: int, styles, ge
             f"pyramid of grids {rqvae.scales}; set prior.kind=next_scale, or rqvae.scales=equal and re-run train_rqvae"
         )
     return PriorSpec(
-        levels=rqvae.levels, codebook_size=codebook_size, positions=h * w, styles=vocabulary(styles),
+        levels=rqvae.levels, codebook_size=rqvae.codebook_size, positions=h * w, styles=vocabulary(styles),
         genres=vocabulary(genres), width=cfg.width, heads=cfg.heads, spatial_layers=cfg.spatial_layers,
         depth_width=cfg.depth_width, depth_layers=cfg.depth_layers, grid_hw=(h, w),
         cond_every_position=cfg.cond_every_position, cond_modulation=cfg.cond_modulation, kind=cfg.kind,

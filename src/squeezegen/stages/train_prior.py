@@ -53,7 +53,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             splits[split] = (codes, load_conditions(PROCESSED_DIR, split))
         train_codes, (styles, genres, scores) = splits["train"]
         side = images.shape[-1] // rqvae.downsample
-        spec = prior_spec(pc, rqvae=rqvae, codebook_size=rqvae.codebook_size, styles=styles, genres=genres, grid_hw=(side, side))
+        spec = prior_spec(pc, rqvae=rqvae, styles=styles, genres=genres, grid_hw=(side, side))
         train_codes = prior_data(spec, rqvae, train_codes)
         train_cond = condition_tensors(spec, styles, genres, scores)
         result = train_prior(
