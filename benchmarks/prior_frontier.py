@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -42,7 +41,6 @@ from squeezegen.rq.model import load_rqvae  # noqa: E402
 from squeezegen.rq.prior_train import condition_tensors, load_conditions, prior_data, prior_spec, train_prior  # noqa: E402
 from squeezegen.rq.refiner import load_refiner  # noqa: E402
 from squeezegen.rq.train import load_image_tensors  # noqa: E402
-
 
 
 def _times(ratio: float | None) -> str:

@@ -25,8 +25,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from squeezegen.files import atomic_write_json  # noqa: E402
-from squeezegen.quant import q4k_triton  # noqa: E402
-from squeezegen.quant.q4k import dequantize_q4_k_torch, quantize_q4_k  # noqa: E402
+from squeezegen.quant.codecs import q4k_triton  # noqa: E402
+from squeezegen.quant.codecs.q4k import quantize_q4_k  # noqa: E402
+from squeezegen.quant.codecs.registry import codec  # noqa: E402
 
 SD15_UNET_WEIGHTS = 859_520_964  # UNet2DConditionModel parameters at SD 1.5's config
 
@@ -61,10 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     x = np.random.default_rng(0).normal(0, 0.02, (args.rows, args.cols)).astype(np.float32)
     packed = torch.from_numpy(quantize_q4_k(x)).to(device)
-    decoders = {"torch": dequantize_q4_k_torch}
+    decoders = {"torch": codec("Q4_K").dequantize_torch}
     if device.type == "cuda" and q4k_triton.available():
         decoders["triton"] = q4k_triton.dequantize_q4_k_triton
-        assert torch.equal(decoders["triton"](packed, dtype), dequantize_q4_k_torch(packed, dtype))
+        assert torch.equal(decoders["triton"](packed, dtype), codec("Q4_K").dequantize_torch(packed, dtype))
 
     n = x.size
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

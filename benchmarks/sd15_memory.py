@@ -48,7 +48,7 @@ Q4K_SPEED_RATIO = 1.15  # q4k_unet seconds per image / fp16's
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from squeezegen.sd.compressed import CONFIGS
+    from squeezegen.sd.configurations import CONFIGS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=512, help="image side in px (multiple of 8)")
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_policy(params: str):
     """The `quantize:` policy of params.yaml, or the default Q4_K policy without one."""
-    from squeezegen.quant.policy import QuantPolicy
+    from squeezegen.quant.mix.policy import QuantPolicy
 
     if not Path(params).is_file():
         return QuantPolicy(), "default QuantPolicy()"

@@ -65,11 +65,11 @@ def build_pipeline(small: bool, seed: int):
 
 
 def main(argv=None) -> dict:
-    from squeezegen.quant.allocate import budget_from_config
-    from squeezegen.quant.baselines import compare_on_heldout, heldout_prompt_indices
-    from squeezegen.quant.gguf_io import write_unet_gguf
-    from squeezegen.quant.importance import calibrate
-    from squeezegen.quant.mixed import estimate_mix, mixed_policy
+    from squeezegen.quant.gguf.io import write_unet_gguf
+    from squeezegen.quant.mix.assign import estimate_mix, mixed_policy
+    from squeezegen.quant.mix.baselines import compare_on_heldout, heldout_prompt_indices
+    from squeezegen.quant.mix.importance import calibrate
+    from squeezegen.quant.mix.knapsack import budget_from_config
     from squeezegen.sd.generate import sample_prompts
     from squeezegen.stages.quantize import quant_policy
 

@@ -102,7 +102,7 @@ def _child_ours(job: dict) -> dict:
     """Our pipeline in configuration job["config"] (fp16 = fp32 on a CPU; or a compressed one) on the CPU."""
     import torch
 
-    from squeezegen.sd.compressed import build_pipeline
+    from squeezegen.sd.configurations import build_pipeline
 
     torch.set_num_threads(job["threads"])
     start = time.perf_counter()
@@ -151,7 +151,7 @@ def _log_lines(log: str, words: tuple[str, ...], work: Path) -> list[str]:
 
 def run_toy(work: Path, *, threads: int = 2) -> dict:
     """Export the toy pipeline and ask sd.cpp to load it; returns what happened."""
-    from squeezegen.export import export_sdcpp
+    from squeezegen.quant.gguf.export import export_sdcpp
     from squeezegen.sd.tiny import build_tiny_pipeline
 
     build_tiny_pipeline(seed=0).save_pretrained(work / "toy_base")
@@ -174,9 +174,9 @@ def run_sd15(work: Path, *, size: int = 256, steps: int = 4, seed: int = 0, thre
     """Export the SD 1.5-architecture pipeline; sd.cpp and our pipeline (fp32, compressed) each draw one image."""
     from PIL import Image
 
-    from squeezegen.export import export_sdcpp
-    from squeezegen.quant.policy import QuantPolicy
-    from squeezegen.sd.compressed import quantize_pipeline
+    from squeezegen.quant.gguf.export import export_sdcpp
+    from squeezegen.quant.mix.policy import QuantPolicy
+    from squeezegen.quant.pipeline import quantize_pipeline
     from squeezegen.sd.sd15 import SD15_SCHEDULER_CONFIG, save_sd15_pipeline
 
     perf: dict = {}

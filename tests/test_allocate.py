@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 from gguf.quants import dequantize as gguf_dequantize
+from test_quant_runtime import tiny_unet  # noqa: F401  (fixture: a random tiny UNet and its inputs)
 
 from squeezegen.errors import UserError
-from squeezegen.quant.allocate import allocate
-from squeezegen.quant.codecs import codec
-from squeezegen.quant.importance import Calibration
-from squeezegen.quant.policy import QuantPolicy
-from squeezegen.quant.sensitivity import TensorChoices, split_tensors
-from test_quant_runtime import tiny_unet  # noqa: F401  (fixture: a random tiny UNet and its inputs)
+from squeezegen.quant.codecs.registry import codec
+from squeezegen.quant.mix.importance import Calibration
+from squeezegen.quant.mix.knapsack import allocate
+from squeezegen.quant.mix.policy import QuantPolicy
+from squeezegen.quant.mix.sensitivity import TensorChoices
 
 TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 
@@ -76,9 +76,9 @@ def test_mixed_tiny_unet_keeps_f16_tensors_loads_runs_and_decodes_like_gguf(tiny
     from diffusers import UNet2DConditionModel
     from test_quant_runtime import TINY_UNET, run
 
-    from squeezegen.quant.gguf_io import read_gguf, write_unet_gguf
-    from squeezegen.quant.mixed import estimate_mix, mixed_policy, summary
-    from squeezegen.quant.unet_loader import load_gguf_unet
+    from squeezegen.quant.gguf.io import read_gguf, write_unet_gguf
+    from squeezegen.quant.gguf.unet_loader import load_gguf_unet
+    from squeezegen.quant.mix.assign import estimate_mix, mixed_policy, summary
 
     unet, folder, inputs, _ = tiny_unet
     policy = QuantPolicy()

@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from squeezegen.sd.compressed import CONFIGS, SPECS
+from squeezegen.sd.configurations import CONFIGS, SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def stage_dir(tmp_path_factory):
     """A project folder with params.yaml (toy, 3 steps), models/base (tiny) and models/lora."""
-    from squeezegen.sd.tiny import build_tiny_pipeline
     from test_compressed import make_lora
+
+    from squeezegen.sd.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("stages")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -49,7 +50,7 @@ def stage_outputs(stage_dir):
 
 def test_quantize_stage_writes_folder_metrics_and_metadata(stage_dir, stage_outputs):
     from squeezegen.files import sha256_file
-    from squeezegen.quant.gguf_io import read_gguf
+    from squeezegen.quant.gguf.io import read_gguf
 
     returned, _ = stage_outputs
     quant = stage_dir / "models" / "quantized"

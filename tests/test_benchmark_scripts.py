@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from squeezegen.sd.hub import fetch_base
 
@@ -63,7 +62,7 @@ def test_lora_memory_rejects_unknown_variants():
 
 
 def test_sd15_memory_runs_every_configuration_by_default_and_checks_the_lean_targets():
-    from squeezegen.sd.compressed import CONFIGS
+    from squeezegen.sd.configurations import CONFIGS
 
     bench = load_script("sd15_memory")
     args = bench.parse_args([])

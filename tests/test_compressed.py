@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from squeezegen.errors import UserError
-from squeezegen.sd.compressed import build_pipeline, generate, generate_compressed, quantize_pipeline
+from squeezegen.quant.pipeline import quantize_pipeline
+from squeezegen.sd.configurations import build_pipeline, generate, generate_compressed
 
 # each saving on its own, and the phase-resident pipeline with the same recipe as the tiled one
 CONFIGS = ("fp16", "q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_clip_cpu_vae", "q4k_unet_int8_clip_tiled_vae",
@@ -40,7 +41,7 @@ def make_lora(pipe, out_dir, *, seed: int = 0, std: float = 0.05):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from squeezegen.quant.policy import QuantPolicy
+    from squeezegen.quant.mix.policy import QuantPolicy
     from squeezegen.sd.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("compressed")
@@ -77,7 +78,7 @@ def _psnr(a, b) -> float:
 
 
 def test_quantized_folder_has_gguf_int8_text_encoder_and_full_manifest(files):
-    from squeezegen.quant.gguf_io import read_gguf
+    from squeezegen.quant.gguf.io import read_gguf
 
     quant = files["quant"]
     assert (quant / "unet.gguf").is_file() and (quant / "text_encoder" / "config.json").is_file()
@@ -96,8 +97,8 @@ def test_quantized_folder_has_gguf_int8_text_encoder_and_full_manifest(files):
 
 
 def test_lora_is_fused_into_the_quantized_unet(files):
-    from squeezegen.quant.unet_loader import read_unet_tensors
-    from squeezegen.sd.compressed import fused_unet_state_dict
+    from squeezegen.quant.gguf.unet_loader import read_unet_tensors
+    from squeezegen.sd.configurations import fused_unet_state_dict
 
     base = fused_unet_state_dict(files["base"])
     fused = fused_unet_state_dict(files["base"], files["lora"])
@@ -123,7 +124,7 @@ def test_every_configuration_generates_on_cpu(runs):
 
 
 def test_components_sit_where_each_configuration_says(runs):
-    from squeezegen.quant.modules import GGUFConv2d, GGUFLinear
+    from squeezegen.quant.gguf.layers import GGUFConv2d, GGUFLinear
 
     fp16, q4k = runs["fp16"]["bundle"].pipe, runs["q4k_unet"]["bundle"].pipe
     assert fp16.unet.dtype == torch.float32  # "fp16" computes in fp32 on a CPU

@@ -19,9 +19,9 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from typer.testing import CliRunner
 
 from squeezegen.cli import app
-from squeezegen.export import export_sdcpp, sdcpp_plan, sdcpp_tensor_shapes
-from squeezegen.quant.gguf_io import read_gguf, write_unet_gguf
-from squeezegen.quant.policy import QuantPolicy
+from squeezegen.quant.gguf.export import export_sdcpp, sdcpp_plan, sdcpp_tensor_shapes
+from squeezegen.quant.gguf.io import read_gguf, write_unet_gguf
+from squeezegen.quant.mix.policy import QuantPolicy
 from squeezegen.sd.sd15 import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -112,7 +112,7 @@ def make_lora(pipe, out_dir, *, seed: int = 0, std: float = 0.05):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from squeezegen.sd.compressed import load_fused_pipeline
+    from squeezegen.sd.configurations import load_fused_pipeline
     from squeezegen.sd.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("export")

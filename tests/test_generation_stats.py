@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from squeezegen.generation import (
-    Conditions, SamplingSettings, Verdicts, evaluate_rq, generation_figures, generation_intervals, judge_figures,
-    most_frequent, sampling_seeds, style_genre_picture,
+    Conditions,
+    SamplingSettings,
+    Verdicts,
+    evaluate_rq,
+    generation_figures,
+    generation_intervals,
+    judge_figures,
+    most_frequent,
+    sampling_seeds,
+    style_genre_picture,
 )
 from squeezegen.judge import FrechetReference, frechet_distance
 from squeezegen.stats import bootstrap_intervals, take

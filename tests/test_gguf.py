@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 import struct
 
 import numpy as np
@@ -14,13 +14,14 @@ from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 from gguf import GGUFReader
 from gguf import quants as gguf_quants
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf.constants import GGML_QUANT_SIZES
+from gguf.constants import GGMLQuantizationType as T
 
 from squeezegen.errors import ConfigError, UserError
-from squeezegen.quant.gguf_check import SUPPORTED_TYPES
-from squeezegen.quant.gguf_io import encode_array, format_summary, read_gguf, summarize_gguf, write_unet_gguf
-from squeezegen.quant.modules import dequantize_torch
-from squeezegen.quant.policy import QuantPolicy, choose_type
+from squeezegen.quant.gguf.check import SUPPORTED_TYPES
+from squeezegen.quant.gguf.io import encode_array, format_summary, read_gguf, summarize_gguf, write_unet_gguf
+from squeezegen.quant.gguf.layers import dequantize_torch
+from squeezegen.quant.mix.policy import QuantPolicy, choose_type
 
 TINY_UNET = dict(
     block_out_channels=(32, 64),

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from squeezegen.cli import app
 from squeezegen.errors import UserError
-from squeezegen.quant.gguf_io import read_gguf, write_unet_gguf
-from squeezegen.quant.policy import QuantPolicy
-from squeezegen.quant.unet_loader import check_tensors_match
+from squeezegen.quant.gguf.io import read_gguf, write_unet_gguf
+from squeezegen.quant.gguf.unet_loader import check_tensors_match
+from squeezegen.quant.mix.policy import QuantPolicy
 
 TOY_SHAPES = {
     "conv_in.weight": (8, 4, 3, 3),  # F16 (kept by name)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_quant_runtime import tiny_unet  # noqa: F401  (fixture: a random tiny UNet and its inputs)
 from torch import nn
 
 from squeezegen.errors import UserError
-from squeezegen.quant.gguf_io import read_gguf, write_unet_gguf
-from squeezegen.quant.importance import activation_stats, calibrate, expand_importance
-from squeezegen.quant.policy import QuantPolicy, choose_type
-from test_quant_runtime import tiny_unet  # noqa: F401  (fixture: a random tiny UNet and its inputs)
+from squeezegen.quant.gguf.io import read_gguf, write_unet_gguf
+from squeezegen.quant.mix.importance import activation_stats, calibrate, expand_importance
+from squeezegen.quant.mix.policy import QuantPolicy, choose_type
 
 
 def test_stats_are_mean_squares_per_input_channel():

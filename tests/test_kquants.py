@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGUFReader
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf.constants import GGML_QUANT_SIZES
+from gguf.constants import GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
+from test_quant_runtime import tiny_unet  # noqa: F401  (fixture: a random tiny UNet and its inputs)
 
 from squeezegen.errors import UserError
-from squeezegen.quant import codecs
-from squeezegen.quant.codecs import CODECS, QUANTIZED_TYPES, codec
-from squeezegen.quant.gguf_io import format_summary, read_gguf, summarize_gguf, write_planned_gguf
-from squeezegen.quant.modules import GGUFLinear
-from squeezegen.quant.policy import TensorPlan
-from test_quant_runtime import tiny_unet  # noqa: F401  (fixture: a random tiny UNet and its inputs)
+from squeezegen.quant.codecs.registry import CODECS, QUANTIZED_TYPES, codec
+from squeezegen.quant.gguf.io import format_summary, read_gguf, summarize_gguf, write_planned_gguf
+from squeezegen.quant.gguf.layers import GGUFLinear
+from squeezegen.quant.mix.policy import TensorPlan
 
 TYPES = sorted(CODECS, key=lambda t: t.name)
 
@@ -218,9 +218,9 @@ def test_unet_file_of_each_type_loads_and_runs_what_the_file_encodes(unet_type, 
     from diffusers import UNet2DConditionModel
     from test_quant_runtime import TINY_UNET, rel_err, run
 
-    from squeezegen.quant.gguf_io import summarize_gguf, write_unet_gguf
-    from squeezegen.quant.policy import QuantPolicy
-    from squeezegen.quant.unet_loader import load_gguf_unet
+    from squeezegen.quant.gguf.io import summarize_gguf, write_unet_gguf
+    from squeezegen.quant.gguf.unet_loader import load_gguf_unet
+    from squeezegen.quant.mix.policy import QuantPolicy
 
     unet, folder, inputs, reference = tiny_unet
     path = tmp_path / "unet.gguf"

@@ -10,8 +10,8 @@ from diffusers import AutoencoderKL, GGUFQuantizationConfig, UNet2DConditionMode
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
 from squeezegen.errors import UserError
-from squeezegen.quant.gguf_io import read_gguf, write_unet_gguf
-from squeezegen.quant.ldm_keys import (
+from squeezegen.quant.gguf.io import read_gguf, write_unet_gguf
+from squeezegen.quant.gguf.ldm_names import (
     LDM_UNET_PREFIX,
     UNetLayout,
     is_ldm_unet,
@@ -20,8 +20,8 @@ from squeezegen.quant.ldm_keys import (
     vae_diffusers_to_ldm,
     vae_ldm_to_diffusers,
 )
-from squeezegen.quant.policy import QuantPolicy
-from squeezegen.quant.unet_loader import load_gguf_unet, read_unet_tensors
+from squeezegen.quant.gguf.unet_loader import load_gguf_unet, read_unet_tensors
+from squeezegen.quant.mix.policy import QuantPolicy
 from squeezegen.sd.sd15 import SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from squeezegen.sd.tiny import build_tiny_pipeline
 

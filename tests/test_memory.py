@@ -85,8 +85,8 @@ def test_module_bytes_counts_params_and_buffers_once():
 def test_packed_gguf_weight_counts_at_packed_size():
     from gguf.constants import GGMLQuantizationType
 
-    from squeezegen.quant.modules import GGUFLinear
-    from squeezegen.quant.q4k import quantize_q4_k
+    from squeezegen.quant.codecs.q4k import quantize_q4_k
+    from squeezegen.quant.gguf.layers import GGUFLinear
 
     dense = nn.Linear(512, 128, bias=False)
     packed = torch.from_numpy(quantize_q4_k(dense.weight.detach().numpy()))  # uint8 [128, 2*144]

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 from gguf.quants import dequantize as gguf_dequantize
-
-from squeezegen.quant.codecs import codec
-from squeezegen.quant.importance import Calibration
-from squeezegen.quant.mixed import Mix, rule_types, summary, swapped
-from squeezegen.quant.policy import QuantPolicy, choose_type
-from squeezegen.quant.sensitivity import TensorChoices
 from test_quant_runtime import tiny_unet  # noqa: F401  (fixture: a random tiny UNet and its inputs)
+
+from squeezegen.quant.codecs.registry import codec
+from squeezegen.quant.mix.assign import Mix, rule_types, summary, swapped
+from squeezegen.quant.mix.importance import Calibration
+from squeezegen.quant.mix.policy import QuantPolicy, choose_type
+from squeezegen.quant.mix.sensitivity import TensorChoices
 
 TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 
@@ -51,7 +51,7 @@ def test_rule_types_promote_to_v_ff_out_and_the_first_and_last_blocks():
 @pytest.fixture(scope="module")
 def mixed(tiny_unet):
     """(unet, folder, mix, policy, held-out inputs) of the tiny UNet with proxy damages."""
-    from squeezegen.quant.mixed import estimate_mix
+    from squeezegen.quant.mix.assign import estimate_mix
 
     unet, folder, inputs, _ = tiny_unet
     policy = QuantPolicy()
@@ -64,8 +64,8 @@ def mixed(tiny_unet):
 
 
 def test_uniform_types_and_summary_match_the_uniform_file(mixed, tmp_path):
-    from squeezegen.quant.gguf_io import write_unet_gguf
-    from squeezegen.quant.mixed import uniform_types
+    from squeezegen.quant.gguf.io import write_unet_gguf
+    from squeezegen.quant.mix.assign import uniform_types
 
     unet, _, mix, policy, _ = mixed
     for qtype in ("Q3_K", "Q4_K"):
@@ -82,9 +82,9 @@ def test_uniform_types_and_summary_match_the_uniform_file(mixed, tmp_path):
 def test_weights_for_are_the_files_weights_and_drift_is_measured_on_them(mixed, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from squeezegen.quant.gguf_io import read_gguf, write_unet_gguf
-    from squeezegen.quant.importance import unet_output
-    from squeezegen.quant.mixed import mixed_policy, output_drift, weights_for
+    from squeezegen.quant.gguf.io import read_gguf, write_unet_gguf
+    from squeezegen.quant.mix.assign import mixed_policy, output_drift, weights_for
+    from squeezegen.quant.mix.importance import unet_output
 
     unet, folder, mix, policy, heldout = mixed
     types = rule_types(mix)
@@ -113,7 +113,7 @@ def test_weights_for_are_the_files_weights_and_drift_is_measured_on_them(mixed, 
 
 
 def test_allocation_at_each_baselines_bytes_fits_and_is_no_worse_by_its_own_estimate(mixed):
-    from squeezegen.quant.baselines import baseline_assignments, compare_at_matched_bytes, snr_db
+    from squeezegen.quant.mix.baselines import baseline_assignments, compare_at_matched_bytes, snr_db
 
     unet, _, mix, policy, heldout = mixed
     result = compare_at_matched_bytes(unet, mix, policy, heldout, extra={"q8": {n: "Q8_0" for n in mix.choices}})
@@ -132,7 +132,7 @@ def test_allocation_at_each_baselines_bytes_fits_and_is_no_worse_by_its_own_esti
 
 
 def test_psnr_and_snr():
-    from squeezegen.quant.baselines import heldout_prompt_indices, psnr_db, snr_db
+    from squeezegen.quant.mix.baselines import heldout_prompt_indices, psnr_db, snr_db
 
     a = np.zeros((2, 4, 4, 3))
     assert psnr_db(a, a) == math.inf and math.isclose(psnr_db(a, a + 0.1), 20.0)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import dvc, make_repo_copy, ran_stages, run
 
 pytestmark = pytest.mark.slow
@@ -95,7 +94,7 @@ def test_gguf_decodes_identically_with_the_gguf_package(toy):
     from gguf import GGMLQuantizationType, GGUFReader
     from gguf.quants import dequantize
 
-    from squeezegen.quant.gguf_io import read_gguf
+    from squeezegen.quant.gguf.io import read_gguf
 
     ours, _ = read_gguf(toy / "models/quantized/unet.gguf")
     q4k = 0

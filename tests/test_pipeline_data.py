@@ -6,9 +6,8 @@ import json
 
 import pytest
 import yaml
-from datasets import load_from_disk
-
 from conftest import dvc, ran_stages
+from datasets import load_from_disk
 
 pytestmark = pytest.mark.slow
 

@@ -216,7 +216,8 @@ def test_records_without_a_lapis_id_get_none(tmp_path):
 
 def test_data_json_of_the_stages_shows_what_the_lapis_source_lost(tmp_path, monkeypatch):
     """fetch_data + preprocess as the pipeline runs them, on a LAPIS fixture: metrics/data.json counts the losses."""
-    from squeezegen.stages import fetch_data, preprocess as preprocess_stage
+    from squeezegen.stages import fetch_data
+    from squeezegen.stages import preprocess as preprocess_stage
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params["profile"] = "toy"

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from test_rq import write_tiny_project
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,13 +9,13 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from squeezegen.errors import UserError
-from squeezegen.quant.q4k import (
+from squeezegen.quant.codecs.q4k import (
     CHUNK_BLOCKS,
     dequantize_q4_k,
-    dequantize_q4_k_torch,
     quantize_q4_k,
     quantize_q4_k_minmax,
 )
+from squeezegen.quant.codecs.registry import codec
 
 QK_K, BLOCK_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.Q4_K]
 
@@ -138,7 +138,7 @@ def test_packed_data_is_validated():
     with pytest.raises(UserError, match="uint8"):
         dequantize_q4_k(np.zeros((2, 144), dtype=np.float32))
     with pytest.raises(UserError, match="uint8"):
-        dequantize_q4_k_torch(torch.zeros(2, 145, dtype=torch.uint8))
+        codec("Q4_K").dequantize_torch(torch.zeros(2, 145, dtype=torch.uint8))
 
 
 def test_quality_on_gaussian_weights_beats_minmax_and_matches_ggml(rng):
@@ -170,10 +170,10 @@ def test_torch_decode_equals_numpy_decode(device, rng):
     x = np.concatenate([_student_t(rng).reshape(2, 4, 1024), np.full((2, 1, 1024), -0.5)], axis=1)
     packed = quantize_q4_k(x.astype(np.float32))  # (2, 5, 576)
     expected = dequantize_q4_k(packed)
-    got = dequantize_q4_k_torch(torch.from_numpy(packed).to(device))
+    got = codec("Q4_K").dequantize_torch(torch.from_numpy(packed).to(device))
     assert got.dtype == torch.float32 and got.device.type == device and got.shape == x.shape
     assert np.array_equal(got.cpu().numpy(), expected)
-    half = dequantize_q4_k_torch(torch.from_numpy(packed).to(device), torch.float16)
+    half = codec("Q4_K").dequantize_torch(torch.from_numpy(packed).to(device), torch.float16)
     assert half.dtype == torch.float16
     assert np.array_equal(half.cpu().numpy(), expected.astype(np.float16))
 
@@ -181,6 +181,6 @@ def test_torch_decode_equals_numpy_decode(device, rng):
 def test_torch_decode_in_small_chunks_is_identical(rng):
     """Chunking bounds run-time temporaries; it must not change a single value."""
     packed = torch.from_numpy(quantize_q4_k(_student_t(rng).astype(np.float32)))  # 32 blocks
-    whole = dequantize_q4_k_torch(packed, torch.float16)
+    whole = codec("Q4_K").dequantize_torch(packed, torch.float16)
     for chunk in (1, 3, 7, 32, 1000):
-        assert torch.equal(dequantize_q4_k_torch(packed, torch.float16, chunk_blocks=chunk), whole)
+        assert torch.equal(codec("Q4_K").dequantize_torch(packed, torch.float16, chunk_blocks=chunk), whole)

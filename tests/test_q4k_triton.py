@@ -19,8 +19,10 @@ import torch
 from gguf.constants import GGMLQuantizationType
 
 from squeezegen.errors import UserError
-from squeezegen.quant import modules, q4k_triton
-from squeezegen.quant.q4k import dequantize_q4_k, dequantize_q4_k_torch, quantize_q4_k
+from squeezegen.quant.codecs import q4k_triton
+from squeezegen.quant.codecs.q4k import dequantize_q4_k, quantize_q4_k
+from squeezegen.quant.codecs.registry import codec
+from squeezegen.quant.gguf import layers as modules
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
 needs_cuda_triton = pytest.mark.skipif(
@@ -32,14 +34,15 @@ needs_cuda_triton = pytest.mark.skipif(
 CHECK = textwrap.dedent(
     """
     import numpy as np, torch
-    from squeezegen.quant.q4k import quantize_q4_k, dequantize_q4_k, dequantize_q4_k_torch
-    from squeezegen.quant.q4k_triton import dequantize_q4_k_triton
+    from squeezegen.quant.codecs.q4k import quantize_q4_k, dequantize_q4_k
+    from squeezegen.quant.codecs.registry import codec
+    from squeezegen.quant.codecs.q4k_triton import dequantize_q4_k_triton
     rng = np.random.default_rng(0)
     x = (0.02 * rng.standard_t(2, (3, 5, 768))).astype(np.float32)
     x[0, 1, 7], x[1, 2, :256], x[2, 4, 256:512] = 40.0, -0.5, 0.0
     packed = torch.from_numpy(quantize_q4_k(x))  # 45 super-blocks
     assert np.array_equal(dequantize_q4_k_triton(packed).numpy(), dequantize_q4_k(packed.numpy()))
-    assert torch.equal(dequantize_q4_k_triton(packed, torch.float16), dequantize_q4_k_torch(packed, torch.float16))
+    assert torch.equal(dequantize_q4_k_triton(packed, torch.float16), codec("Q4_K").dequantize_torch(packed, torch.float16))
     print("identical")
     """
 )
@@ -61,26 +64,26 @@ def test_triton_kernel_on_the_gpu_equals_the_torch_decode(dtype):
     packed = torch.from_numpy(quantize_q4_k(x)).cuda()
     got = q4k_triton.dequantize_q4_k_triton(packed, dtype)
     assert got.dtype == dtype and got.shape == x.shape
-    assert torch.equal(got, dequantize_q4_k_torch(packed, dtype))
+    assert torch.equal(got, codec("Q4_K").dequantize_torch(packed, dtype))
     assert np.array_equal(q4k_triton.dequantize_q4_k_triton(packed).cpu().numpy(), dequantize_q4_k(packed.cpu().numpy()))
 
 
 def test_decoder_choice(monkeypatch):
-    monkeypatch.delenv(modules.DECODE_ENV, raising=False)
-    assert modules.q4k_decoder(torch.device("cpu")) == "torch"  # the kernel is for CUDA tensors
+    monkeypatch.delenv(q4k_triton.DECODE_ENV, raising=False)
+    assert q4k_triton.q4k_decoder(torch.device("cpu")) == "torch"  # the kernel is for CUDA tensors
     monkeypatch.setattr(q4k_triton, "available", lambda: True)
-    assert modules.q4k_decoder(torch.device("cuda")) == "triton"
-    monkeypatch.setenv(modules.DECODE_ENV, "torch")
-    assert modules.q4k_decoder(torch.device("cuda")) == "torch"
+    assert q4k_triton.q4k_decoder(torch.device("cuda")) == "triton"
+    monkeypatch.setenv(q4k_triton.DECODE_ENV, "torch")
+    assert q4k_triton.q4k_decoder(torch.device("cuda")) == "torch"
     monkeypatch.setattr(q4k_triton, "available", lambda: False)
-    monkeypatch.delenv(modules.DECODE_ENV)
-    assert modules.q4k_decoder(torch.device("cuda")) == "torch"  # silent fallback under "auto"
-    monkeypatch.setenv(modules.DECODE_ENV, "triton")
+    monkeypatch.delenv(q4k_triton.DECODE_ENV)
+    assert q4k_triton.q4k_decoder(torch.device("cuda")) == "torch"  # silent fallback under "auto"
+    monkeypatch.setenv(q4k_triton.DECODE_ENV, "triton")
     with pytest.raises(UserError, match="Triton is not installed"):
-        modules.q4k_decoder(torch.device("cuda"))
-    monkeypatch.setenv(modules.DECODE_ENV, "fast")
+        q4k_triton.q4k_decoder(torch.device("cuda"))
+    monkeypatch.setenv(q4k_triton.DECODE_ENV, "fast")
     with pytest.raises(UserError, match="SQUEEZEGEN_Q4K_DECODE='fast'"):
-        modules.q4k_decoder(torch.device("cpu"))
+        q4k_triton.q4k_decoder(torch.device("cpu"))
 
 
 def test_dequantize_torch_routes_q4k_through_the_chosen_decoder(monkeypatch):
@@ -91,9 +94,9 @@ def test_dequantize_torch_routes_q4k_through_the_chosen_decoder(monkeypatch):
 
     def fake_kernel(p, dtype):
         calls.append(dtype)
-        return dequantize_q4_k_torch(p, dtype)
+        return codec("Q4_K").dequantize_torch(p, dtype)
 
-    monkeypatch.setattr(modules, "q4k_decoder", lambda device: "triton")
+    monkeypatch.setattr(q4k_triton, "q4k_decoder", lambda device: "triton")
     monkeypatch.setattr(q4k_triton, "dequantize_q4_k_triton", fake_kernel)
     weight = modules.dequantize_torch(packed, GGMLQuantizationType.Q4_K, (4, 512), torch.float16)
     assert calls == [torch.float16] and weight.shape == (4, 512)

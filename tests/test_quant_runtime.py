@@ -13,11 +13,12 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from squeezegen.errors import UserError
-from squeezegen.quant.gguf_io import encode_array, read_gguf, write_unet_gguf
+from squeezegen.quant.codecs.registry import codec
+from squeezegen.quant.gguf.io import encode_array, read_gguf, write_unet_gguf
+from squeezegen.quant.gguf.layers import GGUFConv2d, GGUFLinear, module_resident_bytes
+from squeezegen.quant.gguf.unet_loader import load_gguf_unet
 from squeezegen.quant.int8 import load_text_encoder_int8, quantize_text_encoder_int8, text_encoder_bytes
-from squeezegen.quant.modules import GGUFConv2d, GGUFLinear, dequantize_q8_0_torch, module_resident_bytes
-from squeezegen.quant.policy import QuantPolicy
-from squeezegen.quant.unet_loader import load_gguf_unet
+from squeezegen.quant.mix.policy import QuantPolicy
 
 TINY_UNET = dict(
     block_out_channels=(32, 64),
@@ -60,7 +61,7 @@ def test_q8_0_torch_decode_matches_gguf():
     x = np.random.default_rng(0).normal(size=(6, 96)).astype(np.float32)
     packed = gguf_quants.quantize(x, T.Q8_0)
     expected = gguf_quants.dequantize(packed, T.Q8_0)
-    np.testing.assert_array_equal(dequantize_q8_0_torch(torch.from_numpy(packed), torch.float32).numpy(), expected)
+    np.testing.assert_array_equal(codec("Q8_0").dequantize_torch(torch.from_numpy(packed), torch.float32).numpy(), expected)
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_K, T.Q8_0])

@@ -14,7 +14,6 @@ from squeezegen.files import sha256_file
 from squeezegen.sd.hub import fetch_base
 from squeezegen.sd.tiny import build_tokenizer
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread per module
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from squeezegen.config import load_config
 from squeezegen.tracking import flatten, stage_run, tracking_uri

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_lora import tiny_art_dataset, tiny_base_dir  # noqa: F401  (shared fixtures)
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from squeezegen.errors import UserError
 from squeezegen.train import LoopSettings, TrainResult, cleanup_checkpoints, train
-from test_lora import tiny_art_dataset, tiny_base_dir  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread per module
 

@@ -108,7 +108,7 @@ def generate(
         if folder is not None and not folder.exists():
             raise UserError(f"{label} {folder}: not found; run `dvc repro` (or the matching stage) first")
     if compressed:
-        from squeezegen.sd.compressed import generate_compressed
+        from squeezegen.sd.configurations import generate_compressed
 
         image, peaks = generate_compressed(
             prompt, base_dir=base, quant_dir=quantized, seed=seed, steps=steps, size=size,
@@ -194,7 +194,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Check a GGUF file as strictly as ggml does, then list its tensors: type, shape, bytes, bits per weight."""
-    from squeezegen.quant.gguf_io import format_summary, summarize_gguf
+    from squeezegen.quant.gguf.io import format_summary, summarize_gguf
 
     summary = summarize_gguf(path)
     typer.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
@@ -211,7 +211,7 @@ def export(
     quantized: Path = typer.Option(Path("models/quantized"), "--quantized", help="folder from the quantize stage (comfy)"),
 ) -> None:
     """Write one GGUF file that another tool loads: stable-diffusion.cpp (sdcpp) or ComfyUI-GGUF (comfy)."""
-    from squeezegen.export import FORMATS, export_comfy, export_sdcpp
+    from squeezegen.quant.gguf.export import FORMATS, export_comfy, export_sdcpp
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")

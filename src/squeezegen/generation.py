@@ -283,7 +283,7 @@ def evaluate_sd(
     """One SD configuration on the conditions' captions, once per sampling seed (seed + i for the i-th
     condition) → (Verdicts, seconds per image, the first seed's first PICTURE_COLUMNS uint8 images)."""
     from squeezegen.memory import free_memory
-    from squeezegen.sd.compressed import build_pipeline, default_device, generate
+    from squeezegen.sd.configurations import build_pipeline, default_device, generate
 
     device = default_device()
     bundle = build_pipeline(config_name, base_dir=base_dir, lora_dir=lora_dir, quant_dir=quant_dir, device=device,

@@ -29,7 +29,7 @@ LOCK_FILE = "requirements.lock"
 
 
 def module_path(root: Path, module: str) -> Path | None:
-    """`squeezegen.quant.q4k` → `src/squeezegen/quant/q4k.py` (or the package's `__init__.py`)."""
+    """`squeezegen.quant.codecs.q4k` → `src/squeezegen/quant/codecs/q4k.py` (or the package's `__init__.py`)."""
     base = root / SRC / Path(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():

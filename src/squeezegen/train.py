@@ -44,7 +44,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from squeezegen.checkpointing import (
-    STATE_FILE, cleanup_checkpoints, find_resume_point, frozen_names, register_weight_hooks, save_checkpoint,
+    STATE_FILE,
+    cleanup_checkpoints,
+    find_resume_point,
+    frozen_names,
+    register_weight_hooks,
+    save_checkpoint,
 )
 from squeezegen.errors import UserError
 from squeezegen.memory import measure_peak

@@ -23,7 +23,13 @@ from squeezegen.data.raw import IMAGES_DIR, make_record, raw_output, write_recor
 from squeezegen.data.synthetic_brush import paint
 from squeezegen.data.synthetic_compose import COMPOSERS
 from squeezegen.data.synthetic_quality import (
-    NEUTRAL, TASTE_SD, Quality, clash_palette, draw_quality, quality_score_offset, unbalance,
+    NEUTRAL,
+    TASTE_SD,
+    Quality,
+    clash_palette,
+    draw_quality,
+    quality_score_offset,
+    unbalance,
 )
 from squeezegen.data.synthetic_styles import GENRE_SCORE_OFFSET, STYLE_LOOKS, palette_array
 from squeezegen.errors import UserError

@@ -5,7 +5,13 @@ evaluate's import closure does not take in the training loop.
 """
 
 from squeezegen.judge.model import (
-    FrechetReference, Judge, frechet_distance, judge_images, load_judge, prepare_images, save_judge,
+    FrechetReference,
+    Judge,
+    frechet_distance,
+    judge_images,
+    load_judge,
+    prepare_images,
+    save_judge,
 )
 
 __all__ = ["FrechetReference", "Judge", "frechet_distance", "judge_images", "load_judge", "prepare_images", "save_judge"]

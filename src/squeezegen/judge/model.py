@@ -11,7 +11,6 @@ what `fd_judge` compares (`frechet_distance`).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 

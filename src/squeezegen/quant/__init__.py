@@ -1,2 +1,2 @@
-"""Weight quantization: the Q4_K codec, GGUF read/write with its tensor policy, int8, and the
-modules that dequantize packed weights on the fly."""
+"""Weight quantization: GGUF K-quant codecs, GGUF files and the layers that run them, mixed types
+under a byte budget, the 8-bit text encoder, and `pipeline.quantize_pipeline` that ties them up."""

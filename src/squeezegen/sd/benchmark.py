@@ -32,8 +32,8 @@ from PIL import Image
 
 from squeezegen.data.captions import GENRES, STYLES, caption_for
 from squeezegen.memory import device_name, free_memory
-from squeezegen.quant.modules import q4k_decoder
-from squeezegen.sd.compressed import CONFIGS, DEFAULT_TILE_PX, OFFLOAD_PLACEMENTS, SPECS, build_pipeline, generate
+from squeezegen.quant.codecs.q4k_triton import q4k_decoder
+from squeezegen.sd.configurations import CONFIGS, DEFAULT_TILE_PX, OFFLOAD_PLACEMENTS, SPECS, build_pipeline, generate
 
 REFERENCE = "fp16"
 WARMUP_SEED_OFFSET = 10_000  # the warm-up image's seed: far from the timed ones
@@ -48,7 +48,7 @@ PRELOAD = (
     "peft",
     "bitsandbytes",
     "squeezegen.sd.benchmark",
-    "squeezegen.quant.unet_loader",
+    "squeezegen.quant.gguf.unet_loader",
     "squeezegen.quant.int8",
     "squeezegen.sd.lean",
     "squeezegen.sd.residency",

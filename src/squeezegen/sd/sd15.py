@@ -156,7 +156,7 @@ def prepare_sd15_files(
     Returns (base_dir, quant_dir, quantize metrics). `device` is where the random weights are
     initialized and the text encoder is quantized. Needs ~2 GB of disk in `work_dir`.
     """
-    from squeezegen.sd.compressed import quantize_pipeline
+    from squeezegen.quant.pipeline import quantize_pipeline
 
     work_dir = Path(work_dir)
     base_dir = save_sd15_pipeline(work_dir / "base", seed=seed, build_device=device)

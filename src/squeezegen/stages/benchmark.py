@@ -25,7 +25,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.files import atomic_path, atomic_write_text
     from squeezegen.metrics import load_lpips, lpips_metric_name
     from squeezegen.sd import benchmark as bench
-    from squeezegen.sd.compressed import default_device
+    from squeezegen.sd.configurations import default_device
 
     cfg = load_config(params, profile=profile)
     b = cfg.benchmark

@@ -43,7 +43,7 @@ def sd_sample_grid(cfg: Config, prompts: list[str], seeds: list[int]):
 
     from squeezegen.memory import free_memory
     from squeezegen.metrics import psnr
-    from squeezegen.sd.compressed import build_pipeline, default_device, generate
+    from squeezegen.sd.configurations import build_pipeline, default_device, generate
     from squeezegen.sd.generate import labelled_grid
 
     device = default_device()

@@ -30,7 +30,7 @@ REPORT_DIR = Path("reports/quantize")
 
 def quant_policy(q: QuantizeConfig):
     """The GGUF tensor policy from the `quantize:` section."""
-    from squeezegen.quant.policy import QuantPolicy
+    from squeezegen.quant.mix.policy import QuantPolicy
 
     return QuantPolicy(
         unet_type=q.unet_type,
@@ -45,8 +45,8 @@ def quant_policy(q: QuantizeConfig):
 def calibration(cfg: Config):
     """The fused (fine-tuned) pipeline and its calibration run on the calibration prompts:
     activation statistics and the UNet's inputs at each step (quant/importance.py)."""
-    from squeezegen.quant.importance import calibrate
-    from squeezegen.sd.compressed import default_device, load_fused_pipeline
+    from squeezegen.quant.mix.importance import calibrate
+    from squeezegen.sd.configurations import default_device, load_fused_pipeline
     from squeezegen.sd.generate import sample_prompts
 
     q = cfg.quantize
@@ -59,8 +59,8 @@ def calibration(cfg: Config):
 def budget_policy(q: QuantizeConfig, policy, pipe, calib, budgeted: bool) -> tuple:
     """The damage estimate per (tensor, type) (quant/mixed.py), and if `budgeted` the policy
     with one type per tensor under the budget; (policy, figures, mix)."""
-    from squeezegen.quant.allocate import budget_from_config
-    from squeezegen.quant.mixed import estimate_mix, mixed_policy, summary
+    from squeezegen.quant.mix.assign import estimate_mix, mixed_policy, summary
+    from squeezegen.quant.mix.knapsack import budget_from_config
 
     mix = estimate_mix(pipe.unet, calib.subset(q.sensitivity_samples), policy, types=q.candidate_types,
                        mode=q.sensitivity, validate=q.sensitivity == "measured")
@@ -77,7 +77,7 @@ def budget_policy(q: QuantizeConfig, policy, pipe, calib, budgeted: bool) -> tup
 def baselines(cfg: Config, policy, pipe, mix) -> dict:
     """The allocation vs uniform Q4_K / Q3_K and the rule mixes at matched bytes, on prompts and a
     seed the sensitivities did not see (quant/baselines.py)."""
-    from squeezegen.quant.baselines import compare_on_heldout, heldout_prompt_indices
+    from squeezegen.quant.mix.baselines import compare_on_heldout, heldout_prompt_indices
     from squeezegen.sd.generate import sample_prompts
 
     q = cfg.quantize
@@ -90,7 +90,7 @@ def baselines(cfg: Config, policy, pipe, mix) -> dict:
 def bits_report(manifest: dict, min_elements: int) -> None:
     """reports/quantize/bits_per_layer.png: bits per weight of each tensor of the written file."""
     from squeezegen.files import atomic_path
-    from squeezegen.quant.mixed import bits_picture
+    from squeezegen.quant.mix.assign import bits_picture
 
     rows = [(n, 8 * t["bytes"] / t["n_params"]) for n, t in manifest["tensors"].items() if t["n_params"] > min_elements]
     totals = manifest["totals"]
@@ -102,7 +102,7 @@ def bits_report(manifest: dict, min_elements: int) -> None:
 
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.files import sha256_file
-    from squeezegen.sd.compressed import quantize_pipeline
+    from squeezegen.quant.pipeline import quantize_pipeline
 
     cfg = load_config(params, profile=profile)
     q = cfg.quantize

@@ -29,11 +29,16 @@ ENCODE_BATCH = 64  # images per batch when encoding the codes
 
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.files import sha256_file
+    from squeezegen.rq.generate import encode_codes
     from squeezegen.rq.model import WEIGHTS_FILE, count_parameters, load_rqvae
     from squeezegen.rq.prior import save_prior
-    from squeezegen.rq.generate import encode_codes
     from squeezegen.rq.prior_train import (
-        code_nll, condition_tensors, load_conditions, prior_data, prior_spec, train_prior,
+        code_nll,
+        condition_tensors,
+        load_conditions,
+        prior_data,
+        prior_spec,
+        train_prior,
     )
     from squeezegen.rq.train import fingerprint, load_image_tensors, tensor_hash, write_history_csv
     from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator

@@ -61,7 +61,11 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.rq.pictures import render_progressive
     from squeezegen.rq.refiner import save_refiner
     from squeezegen.rq.train import (
-        fingerprint, load_image_tensors, reconstruct_batches, tensor_hash, train_refiner,
+        fingerprint,
+        load_image_tensors,
+        reconstruct_batches,
+        tensor_hash,
+        train_refiner,
         write_history_csv,
     )
     from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator

@@ -61,7 +61,11 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.rq.model import count_parameters, save_rqvae
     from squeezegen.rq.pictures import render_progressive
     from squeezegen.rq.train import (
-        fingerprint, load_image_tensors, tensor_hash, train_rqvae, write_history_csv,
+        fingerprint,
+        load_image_tensors,
+        tensor_hash,
+        train_rqvae,
+        write_history_csv,
     )
     from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator
 

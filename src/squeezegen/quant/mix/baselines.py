@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from squeezegen.quant.importance import unet_output
-from squeezegen.quant.mixed import Mix, output_drift, rule_types, summary, swapped, uniform_types, weights_for
-from squeezegen.quant.policy import QuantPolicy
+from squeezegen.quant.mix.assign import Mix, output_drift, rule_types, summary, swapped, uniform_types, weights_for
+from squeezegen.quant.mix.importance import unet_output
+from squeezegen.quant.mix.policy import QuantPolicy
 
 Assignment = dict[str, str]
 
@@ -118,7 +118,7 @@ def compare_on_heldout(pipe: Any, mix: Mix, policy: QuantPolicy, prompts, *, ste
                        guidance_scale: float, images: bool = True, **kwargs) -> dict[str, Any]:
     """`compare_at_matched_bytes` on the UNet inputs of `pipe` run on `prompts` at `seed` (pass
     prompts and a seed the sensitivities did not see), with the images' PSNR if `images`."""
-    from squeezegen.quant.importance import calibrate
+    from squeezegen.quant.mix.importance import calibrate
 
     heldout = calibrate(pipe, prompts, steps=steps, size=size, seed=seed, guidance_scale=guidance_scale)
     render = pipeline_renderer(pipe, prompts, steps=steps, size=size, seed=seed,

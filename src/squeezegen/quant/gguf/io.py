@@ -33,12 +33,12 @@ from tqdm.auto import tqdm
 import squeezegen
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path
-from squeezegen.quant.gguf_check import ORIG_SHAPE_PREFIX, check_gguf
-from squeezegen.quant.importance import expand_importance
-from squeezegen.quant.ldm_keys import KEY_FORMATS, LDM_UNET_PREFIX, unet_diffusers_to_ldm
-from squeezegen.quant.policy import QuantPolicy, TensorPlan, choose_type, tensor_nbytes
-from squeezegen.quant.codecs import CODECS, codec
-from squeezegen.quant.report import QuantReport, TensorRecord
+from squeezegen.quant.codecs.registry import CODECS, codec
+from squeezegen.quant.gguf.check import ORIG_SHAPE_PREFIX, check_gguf
+from squeezegen.quant.gguf.ldm_names import KEY_FORMATS, LDM_UNET_PREFIX, unet_diffusers_to_ldm
+from squeezegen.quant.gguf.records import QuantReport, TensorRecord
+from squeezegen.quant.mix.importance import expand_importance
+from squeezegen.quant.mix.policy import QuantPolicy, TensorPlan, choose_type, tensor_nbytes
 
 ARCHITECTURE = "sd1"
 META_PREFIX = "squeezegen."

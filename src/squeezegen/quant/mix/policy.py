@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
-
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from squeezegen.errors import ConfigError
-from squeezegen.quant.codecs import QUANTIZED_TYPES  # the codec registry: every type we write
+from squeezegen.quant.codecs.registry import QUANTIZED_TYPES  # the codec registry: every type we write
 
 FLOAT_TYPES = ("F16", "F32")
 # a fallback holds what a 256-weight super-block cannot, so only smaller blocks qualify (Q8_0)

@@ -28,9 +28,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from squeezegen.errors import UserError
-from squeezegen.quant.codecs import codec
-from squeezegen.quant.importance import expand_importance, unet_output
-from squeezegen.quant.policy import QuantPolicy, TensorPlan, choose_type, fits, is_kept
+from squeezegen.quant.codecs.registry import codec
+from squeezegen.quant.mix.importance import expand_importance, unet_output
+from squeezegen.quant.mix.policy import QuantPolicy, TensorPlan, choose_type, fits, is_kept
 
 SENSITIVITY_MODES = ("measured", "proxy")
 

@@ -15,9 +15,9 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from squeezegen.errors import UserError
-from squeezegen.quant.gguf_io import GGUFTensor, read_gguf
-from squeezegen.quant.ldm_keys import is_ldm_unet, unet_ldm_to_diffusers
-from squeezegen.quant.modules import GGUFConv2d, GGUFLinear
+from squeezegen.quant.gguf.io import GGUFTensor, read_gguf
+from squeezegen.quant.gguf.layers import GGUFConv2d, GGUFLinear
+from squeezegen.quant.gguf.ldm_names import is_ldm_unet, unet_ldm_to_diffusers
 
 _SHOW = 5  # how many names of each problem an error message lists
 

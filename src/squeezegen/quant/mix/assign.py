@@ -23,11 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from squeezegen.quant.allocate import allocate
-from squeezegen.quant.codecs import codec
-from squeezegen.quant.importance import Calibration, unet_output
-from squeezegen.quant.policy import QuantPolicy, TensorPlan, choose_type, tensor_nbytes
-from squeezegen.quant.sensitivity import TensorChoices, encode_choice, estimate_damage, split_tensors, validate_proxy
+from squeezegen.quant.codecs.registry import codec
+from squeezegen.quant.mix.importance import Calibration, unet_output
+from squeezegen.quant.mix.knapsack import allocate
+from squeezegen.quant.mix.policy import QuantPolicy, TensorPlan, choose_type
+from squeezegen.quant.mix.sensitivity import (
+    TensorChoices,
+    encode_choice,
+    estimate_damage,
+    split_tensors,
+    validate_proxy,
+)
 
 RULE_MIX = {"base": "Q3_K", "promote": "Q5_K"}  # llama.cpp's Q3_K_M: Q3_K, attn_v/ffn_down → Q4_K/Q5_K
 RULE_PATTERNS = (r"\.to_v\.weight$", r"\.ff\.net\.2\.weight$", r"^down_blocks\.0\.")

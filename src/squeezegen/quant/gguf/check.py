@@ -33,8 +33,8 @@ from typing import Any, BinaryIO
 from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from squeezegen.errors import ConfigError, UserError
-from squeezegen.quant.ldm_keys import KEY_FORMATS, unet_ldm_to_diffusers
-from squeezegen.quant.policy import FLOAT_TYPES, QUANTIZED_TYPES, QuantPolicy, choose_type
+from squeezegen.quant.gguf.ldm_names import KEY_FORMATS, unet_ldm_to_diffusers
+from squeezegen.quant.mix.policy import FLOAT_TYPES, QUANTIZED_TYPES, QuantPolicy, choose_type
 
 # The types the policy can choose are the types our writer writes and our runtime decodes.
 SUPPORTED_TYPES = frozenset(GGMLQuantizationType[name] for name in FLOAT_TYPES + QUANTIZED_TYPES)

@@ -20,7 +20,7 @@ from typing import Mapping
 import numpy as np
 
 from squeezegen.errors import UserError
-from squeezegen.quant.sensitivity import TensorChoices
+from squeezegen.quant.mix.sensitivity import TensorChoices
 
 RESOLUTION = 1 << 16  # budget units of the DP
 

@@ -5,60 +5,20 @@ state-dict key stays `<module>.weight`, as in diffusers); each forward decodes t
 input's dtype, restores the true shape and calls F.linear / F.conv2d. diffusers' own GGUF
 loader only swaps nn.Linear, so the conv variant (and Q4_K convs stored as rows of 256) is ours.
 
-Every type of the codec registry (codecs.py) decodes in torch on any device. Q4_K weights on a
-CUDA device decode with the fused Triton kernel (q4k_triton) when Triton is installed, else with
-the torch decode; SQUEEZEGEN_Q4K_DECODE=torch forces the torch decode
-(for comparisons), =triton makes a missing Triton an error instead of a silent fallback.
+Each forward decodes through the codec registry's `runtime_decode`: the torch decode on any
+device, or a type's fused kernel where it has one (Q4_K on CUDA: `codecs/q4k_triton.py`).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from gguf.constants import GGMLQuantizationType
 from torch import nn
 
-from squeezegen.errors import UserError
-from squeezegen.quant.codecs import CODECS
-from squeezegen.quant.q4k import dequantize_q4_k_torch
+from squeezegen.quant.codecs.registry import CODECS
 
 FLOAT_QTYPES = (GGMLQuantizationType.F16, GGMLQuantizationType.F32)
-
-
-def dequantize_q8_0_torch(packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Q8_0 bytes uint8 [..., 34·n] → dtype [..., 32·n].
-
-    No torch library decodes Q8_0 (an fp16 scale d and 32 int8 values q per block, weight d·q):
-    the codec registry's decode does it.
-    """
-    return CODECS[GGMLQuantizationType.Q8_0].dequantize_torch(packed, dtype)
-
-
-DECODE_ENV = "SQUEEZEGEN_Q4K_DECODE"
-DECODERS = ("auto", "torch", "triton")
-
-
-def q4k_decoder(device: torch.device) -> str:
-    """Which Q4_K decode runs for tensors on `device`: "triton" (CUDA + Triton) or "torch".
-
-    Called on every forward; Triton is imported only when the kernel could be chosen, so CPU
-    runs never pay for it.
-    """
-    choice = os.environ.get(DECODE_ENV, "auto").strip().lower() or "auto"
-    if choice not in DECODERS:
-        raise UserError(f"{DECODE_ENV}={choice!r}: choose one of {', '.join(DECODERS)}")
-    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
-        return "torch"
-    from squeezegen.quant import q4k_triton
-
-    if not q4k_triton.available():
-        if choice == "triton":
-            raise UserError(f"{DECODE_ENV}=triton but Triton is not installed (pip install triton), "
-                            f"or unset {DECODE_ENV} to use the torch decode")
-        return "torch"
-    return "triton" if device.type == "cuda" else "torch"
 
 
 def dequantize_torch(
@@ -67,15 +27,8 @@ def dequantize_torch(
     """Decode a stored GGUF tensor (uint8 bytes, or floats for F16/F32) to `dtype` of `shape`."""
     if qtype in FLOAT_QTYPES:
         weight = packed.to(dtype)
-    elif qtype == GGMLQuantizationType.Q4_K:
-        if q4k_decoder(packed.device) == "triton":
-            from squeezegen.quant.q4k_triton import dequantize_q4_k_triton
-
-            weight = dequantize_q4_k_triton(packed, dtype)
-        else:
-            weight = dequantize_q4_k_torch(packed, dtype)
-    elif qtype in CODECS:  # every other registered type: the codec's torch decode (float32, then dtype)
-        weight = CODECS[qtype].dequantize_torch(packed, dtype)
+    elif qtype in CODECS:
+        weight = CODECS[qtype].runtime_decode(packed, dtype)
     else:
         raise NotImplementedError(f"no torch decoder for GGUF type {qtype.name}")
     return weight.reshape(shape)

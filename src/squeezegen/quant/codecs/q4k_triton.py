@@ -1,6 +1,6 @@
 """Q4_K decode as one fused Triton kernel (CUDA), for the dequantize-in-forward layers.
 
-The torch decode in `q4k.py` is a chain of ~20 elementwise kernels with float32 temporaries;
+The torch decode (`q4k.decode_blocks_torch`) is a chain of ~20 elementwise kernels with float32 temporaries;
 every UNet forward runs it over all ~860 M weights, which made a 512 px SD 1.5 image ~10×
 slower than fp16 on an H100. This kernel reads each super-block's 144 bytes once and writes the
 256 weights straight in the compute dtype: one launch per layer and no temporaries. No library
@@ -15,14 +15,19 @@ decode does.
 
 `available()` says whether the kernel can run (Triton importable); with TRITON_INTERPRET=1 set
 before import, the kernel also runs on CPU tensors through Triton's interpreter (how the tests
-check it on machines without a GPU).
+check it on machines without a GPU). `q4k_decoder(device)` picks the decode the layers run:
+SQUEEZEGEN_Q4K_DECODE=torch forces the torch decode (for comparisons), =triton makes a missing
+Triton an error instead of a silent fallback.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from squeezegen.quant.q4k import BLOCK_BYTES, QK_K
+from squeezegen.errors import UserError
+from squeezegen.quant.codecs.q4k import BLOCK_BYTES, QK_K
 
 try:
     import triton
@@ -33,9 +38,28 @@ except ImportError:  # CPU-only installs: callers use the torch decode instead
 ELEMENTS_PER_PROGRAM = 2048  # 8 super-blocks per program
 
 
+DECODE_ENV = "SQUEEZEGEN_Q4K_DECODE"
+DECODERS = ("auto", "torch", "triton")
+
+
 def available() -> bool:
     """True when Triton is importable (the caller still needs a CUDA tensor, or the interpreter)."""
     return triton is not None
+
+
+def q4k_decoder(device: torch.device) -> str:
+    """Which Q4_K decode runs for tensors on `device`: "triton" (CUDA + Triton) or "torch"."""
+    choice = os.environ.get(DECODE_ENV, "auto").strip().lower() or "auto"
+    if choice not in DECODERS:
+        raise UserError(f"{DECODE_ENV}={choice!r}: choose one of {', '.join(DECODERS)}")
+    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
+        return "torch"
+    if not available():
+        if choice == "triton":
+            raise UserError(f"{DECODE_ENV}=triton but Triton is not installed (pip install triton), "
+                            f"or unset {DECODE_ENV} to use the torch decode")
+        return "torch"
+    return "triton" if device.type == "cuda" else "torch"
 
 
 if triton is not None:
@@ -74,7 +98,7 @@ if triton is not None:
 def dequantize_q4_k_triton(packed: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Decode Q4_K bytes (uint8 [..., 144·n], CUDA) to [..., 256·n] in `dtype` (default float32)."""
     if triton is None:
-        raise RuntimeError("Triton is not installed; use squeezegen.quant.q4k.dequantize_q4_k_torch")
+        raise RuntimeError("Triton is not installed; use the registry's torch decode (codec(\"Q4_K\").dequantize_torch)")
     blocks = packed.reshape(-1, BLOCK_BYTES).contiguous()  # (B, 144)
     out = torch.empty(blocks.shape[0] * QK_K, dtype=dtype or torch.float32, device=packed.device)
     n = out.numel()

@@ -23,8 +23,8 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from squeezegen.errors import UserError
-from squeezegen.quant import kquant_layouts as lay
-from squeezegen.quant.kquant_fit import (
+from squeezegen.quant.codecs import layouts as lay
+from squeezegen.quant.codecs.fit import (
     AffineSpec,
     SymmetricSpec,
     fit_affine,
@@ -32,7 +32,8 @@ from squeezegen.quant.kquant_fit import (
     fp16_step,
     scaled_importance,
 )
-from squeezegen.quant.q4k import dequantize_q4_k, quantize_q4_k, worker_threads
+from squeezegen.quant.codecs.q4k import decode_blocks_torch as q4k_decode_blocks_torch
+from squeezegen.quant.codecs.q4k import dequantize_q4_k, quantize_q4_k, worker_threads
 
 if TYPE_CHECKING:
     import torch
@@ -166,6 +167,11 @@ class Codec:
             out[start:start + chunk_blocks] = self.decode_blocks_torch(blocks[start:start + chunk_blocks])
         return out.reshape(*packed.shape[:-1], packed.shape[-1] // self.type_size * self.block_size)
 
+    def runtime_decode(self, packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The decode the dequantizing layers run on every forward: the fastest exact one for the
+        tensor's device (a type with a fused kernel overrides it; by default the torch decode)."""
+        return self.dequantize_torch(packed, dtype)
+
 
 def _check_finite(rows: np.ndarray, what: str, fix: str) -> None:
     """Count NaN/Inf in chunks, so no full-size mask is allocated."""
@@ -237,9 +243,14 @@ class Q4_K(Codec):
         return dequantize_q4_k(blocks)
 
     def decode_blocks_torch(self, blocks):
-        from squeezegen.quant.q4k import _decode_blocks_torch
+        return q4k_decode_blocks_torch(blocks)
 
-        return _decode_blocks_torch(blocks)
+    def runtime_decode(self, packed, dtype):
+        from squeezegen.quant.codecs import q4k_triton
+
+        if q4k_triton.q4k_decoder(packed.device) == "triton":
+            return q4k_triton.dequantize_q4_k_triton(packed, dtype)
+        return self.dequantize_torch(packed, dtype)
 
 
 class Q5_K(_Affine):

@@ -32,7 +32,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from squeezegen.errors import UserError
-from squeezegen.quant.kquant_fit import Columns, affine_error, columns, level_sums
+from squeezegen.quant.codecs.fit import Columns, affine_error, columns, level_sums
 
 if TYPE_CHECKING:  # torch is imported lazily: the numpy codec does not need it
     import torch
@@ -368,32 +368,9 @@ def dequantize_q4_k(packed) -> np.ndarray:
     return out.reshape(*packed.shape[:-1], packed.shape[-1] // BLOCK_BYTES * QK_K)
 
 
-# Blocks decoded per step at run time: bounds the float32 temporaries (~12 bytes per weight) to
-# ~25 MB whatever the layer's size, so peak memory is the output tensor plus one chunk.
-DEQUANT_CHUNK_BLOCKS = 8192
-
-
-def dequantize_q4_k_torch(
-    packed: torch.Tensor, dtype: torch.dtype | None = None, *, chunk_blocks: int = DEQUANT_CHUNK_BLOCKS
-) -> torch.Tensor:
-    """Decode Q4_K bytes (uint8 tensor [..., 144·n], any device) to [..., 256·n] in `dtype`.
-
-    Computes in float32 with exact products, so it equals `dequantize_q4_k` bit for bit before
-    the final cast to `dtype` (default float32). Works through `chunk_blocks` super-blocks at a
-    time, writing each chunk straight into the output in `dtype`.
-    """
-    import torch
-
-    _check_packed(tuple(packed.shape), packed.dtype == torch.uint8)
-    blocks = packed.reshape(-1, BLOCK_BYTES)  # (B, 144)
-    out = torch.empty((blocks.shape[0], QK_K), dtype=dtype or torch.float32, device=packed.device)
-    for start in range(0, blocks.shape[0], chunk_blocks):
-        out[start : start + chunk_blocks] = _decode_blocks_torch(blocks[start : start + chunk_blocks])
-    return out.reshape(*packed.shape[:-1], packed.shape[-1] // BLOCK_BYTES * QK_K)
-
-
-def _decode_blocks_torch(blocks: torch.Tensor) -> torch.Tensor:
-    """(B, 144) uint8 → (B, 256) float32."""
+def decode_blocks_torch(blocks: torch.Tensor) -> torch.Tensor:
+    """(B, 144) uint8 → (B, 256) float32, on the blocks' device; exact products, so it equals
+    `dequantize_q4_k` bit for bit (the registry's `Codec.dequantize_torch` drives it in chunks)."""
     import torch
 
     d_dmin = blocks[:, :4].contiguous().view(torch.float16).float()  # (B, 2)

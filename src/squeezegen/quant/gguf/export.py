@@ -28,9 +28,9 @@ from gguf.constants import GGMLQuantizationType as T
 import squeezegen
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path
-from squeezegen.quant.gguf_io import ARCHITECTURE, read_gguf, write_planned_gguf
-from squeezegen.quant.ldm_keys import LDM_UNET_PREFIX, LDM_VAE_PREFIX, unet_diffusers_to_ldm, vae_diffusers_to_ldm
-from squeezegen.quant.policy import TensorPlan, block_size
+from squeezegen.quant.gguf.io import ARCHITECTURE, read_gguf, write_planned_gguf
+from squeezegen.quant.gguf.ldm_names import LDM_UNET_PREFIX, LDM_VAE_PREFIX, unet_diffusers_to_ldm, vae_diffusers_to_ldm
+from squeezegen.quant.mix.policy import TensorPlan, block_size
 
 FORMATS = ("sdcpp", "comfy")
 TEXT_PREFIX = "cond_stage_model.transformer."  # SD 1.x checkpoints: the HF CLIPTextModel's own keys follow
@@ -85,7 +85,7 @@ def export_sdcpp(
 
     Returns a summary: file bytes, tensors, parameters and bytes by type.
     """
-    from squeezegen.sd.compressed import load_fused_pipeline
+    from squeezegen.sd.configurations import load_fused_pipeline
 
     if not Path(base_dir).is_dir():
         raise UserError(f"{base_dir}: base pipeline folder not found; run `dvc repro fetch_base` first")
