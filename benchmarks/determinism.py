@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from squeezegen.files import atomic_write_json  # noqa: E402
-from squeezegen.tracking import PERF, flatten  # noqa: E402
+from squeezegen.metrics_files import PERF  # noqa: E402
+from squeezegen.tracking import flatten  # noqa: E402
 
 
 def project_files(root: Path) -> list[str]:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 # Nothing here imports torch or builds a model in this process: a child's peak RSS as the kernel
 # reports it (wait4) starts from the parent's own peak at fork time (Linux carries it over exec).
 from squeezegen.files import atomic_write_json, atomic_write_text  # noqa: E402
-from squeezegen.tracking import merge_perf  # noqa: E402
+from squeezegen.metrics_files import merge_perf  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MIN_FREE_GIB = 10  # what the cut-down knobs below need at most (the benchmark's uncompressed row)

@@ -24,9 +24,9 @@ import numpy as np
 from gguf.quants import dequantize as gguf_dequantize
 
 from squeezegen.files import atomic_write_json
+from squeezegen.metrics_files import split_perf
 from squeezegen.quant.codecs.q4k import worker_threads
 from squeezegen.quant.codecs.registry import CODECS
-from squeezegen.tracking import split_perf
 
 ROW = 4096  # weights per row (the harness uses the same)
 

@@ -32,8 +32,8 @@ from squeezegen.files import atomic_write_json, atomic_write_text  # noqa: E402
 from squeezegen.rq.generate import RQGenerator  # noqa: E402
 from squeezegen.rq.prior import build_prior  # noqa: E402
 from squeezegen.rq.prior_train import prior_spec  # noqa: E402
+from squeezegen.rq.recon_train import build_rqvae  # noqa: E402
 from squeezegen.rq.refiner import Refiner  # noqa: E402
-from squeezegen.rq.train import build_rqvae  # noqa: E402
 
 STYLES = tuple(f"style {i}" for i in range(27))
 GENRES = tuple(f"genre {i}" for i in range(7))

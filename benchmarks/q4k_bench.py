@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from squeezegen.files import atomic_write_json
+from squeezegen.metrics_files import split_perf
 from squeezegen.quant.codecs.q4k import (
     QK_K,
     dequantize_q4_k,
@@ -28,7 +29,6 @@ from squeezegen.quant.codecs.q4k import (
     quantize_q4_k_minmax,
     worker_threads,
 )
-from squeezegen.tracking import split_perf
 
 GGML_REFERENCE_REL_RMSE_PUBLISHED = 0.0713  # quantize_row_q4_K_ref on N(0, 0.02²), REFERENCE.md
 ROW = 4096  # weights per row of the test matrix (a typical Linear/conv row length)

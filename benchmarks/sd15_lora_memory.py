@@ -85,7 +85,7 @@ def run_variant(name: str, base_dir: str, args: argparse.Namespace) -> dict:
     from squeezegen.config import load_config
     from squeezegen.memory import device_name
     from squeezegen.sd.lora import LoraSettings, train_lora
-    from squeezegen.train import make_accelerator
+    from squeezegen.training import make_accelerator
 
     lora = load_config(args.params).lora
     settings = LoraSettings(

@@ -27,7 +27,7 @@ import torch
 
 from squeezegen.config import load_config
 from squeezegen.files import atomic_write_json
-from squeezegen.tracking import split_perf
+from squeezegen.metrics_files import split_perf
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED_BUDGET_BYTES = 330_000_000  # the seed's "860M params → 330 MB" SD 1.5 UNet

@@ -20,10 +20,10 @@ from diffusers import UNet2DConditionModel
 
 from squeezegen.config import load_config
 from squeezegen.files import atomic_write_json
+from squeezegen.metrics_files import split_perf
 from squeezegen.quant.gguf.io import write_unet_gguf
 from squeezegen.sd.sd15 import SD15_UNET_CONFIG
 from squeezegen.stages.quantize import quant_policy
-from squeezegen.tracking import split_perf
 
 
 def main() -> None:

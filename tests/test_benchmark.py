@@ -55,7 +55,7 @@ def test_quantize_stage_writes_folder_metrics_and_metadata(stage_dir, stage_outp
     returned, _ = stage_outputs
     quant = stage_dir / "models" / "quantized"
     assert {p.name for p in quant.iterdir()} == {"unet.gguf", "text_encoder", "manifest.json"}
-    from squeezegen.tracking import merge_perf
+    from squeezegen.metrics_files import merge_perf
 
     on_disk = json.loads((stage_dir / "metrics" / "quantize.json").read_text())
     calibrated = {"calib_seconds"} if returned["importance"] == "activations" else set()  # quantize.importance
@@ -75,7 +75,7 @@ def test_quantize_stage_writes_folder_metrics_and_metadata(stage_dir, stage_outp
 
 def test_benchmark_stage_measures_every_configuration(stage_dir, stage_outputs):
     _, returned = stage_outputs
-    from squeezegen.tracking import merge_perf
+    from squeezegen.metrics_files import merge_perf
 
     on_disk = json.loads((stage_dir / "metrics" / "benchmark.json").read_text())
     perf = on_disk["perf"][CONFIGS[0]]  # a CPU run: seconds and RSS-based peaks apart, exact bytes kept

@@ -248,7 +248,7 @@ def test_load_metrics_reads_all_files_and_rejects_broken_ones(tmp_path):
     metrics = fake_metrics()
     write_inputs(tmp_path, metrics)
     report.check_inputs(tmp_path)  # all there: no error
-    from squeezegen.tracking import merge_perf
+    from squeezegen.metrics_files import merge_perf
 
     loaded = report.load_metrics(tmp_path)
     assert loaded == json.loads(json.dumps({name: merge_perf(values) for name, values in metrics.items()}))

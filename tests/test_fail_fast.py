@@ -64,7 +64,7 @@ def test_memory_check_names_the_knob_and_can_be_skipped(monkeypatch):
 
 def test_full_refiner_batch_is_refused_on_a_small_machine_before_loading_images(tmp_path, monkeypatch):
     from squeezegen import memory
-    from squeezegen.rq import train as rq_train
+    from squeezegen.data import tensors
     from squeezegen.stages import train_refiner
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -82,7 +82,7 @@ def test_full_refiner_batch_is_refused_on_a_small_machine_before_loading_images(
 
     monkeypatch.setattr(datasets, "load_from_disk", lambda path: type("D", (), {"num_rows": {"train": 16, "val": 2}})())
     loaded = []
-    monkeypatch.setattr(rq_train, "load_image_tensors", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(tensors, "load_image_tensors", lambda *a, **k: loaded.append(a))
     with pytest.raises(UserError, match="refiner.batch_size"):
         train_refiner.main()
     assert loaded == []

@@ -220,8 +220,8 @@ def _reads(opened: list[tuple[str, object, object]]) -> set[str]:
 
 def test_stage_reads_only_data_processed_and_writes_model_metrics_and_curve(tmp_path, monkeypatch, one_torch_thread):
     global _OPENED
+    from squeezegen.metrics_files import merge_perf
     from squeezegen.stages import train_judge as stage
-    from squeezegen.tracking import merge_perf
 
     write_tiny_judge_project(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from squeezegen.errors import UserError
-from squeezegen.metrics import (
+from squeezegen.image_metrics import (
     ALEXNET_CHECKPOINT,
     PSNR_CAP_DB,
     load_lpips,

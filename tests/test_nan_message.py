@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from squeezegen.errors import UserError
-from squeezegen.train import LoopSettings, train
+from squeezegen.training import LoopSettings, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -163,7 +163,7 @@ def test_dvc_status_flags_exactly_the_stages_that_import_a_changed_module(toy):
 
     spec = yaml.safe_load((toy / "dvc.yaml").read_text())["stages"]
     closures = {name: import_closure(toy, Path(stage["cmd"].split()[1])) for name, stage in spec.items()}
-    for module in ("src/squeezegen/metrics.py", "src/squeezegen/seed.py", "src/squeezegen/data/captions.py",
+    for module in ("src/squeezegen/image_metrics.py", "src/squeezegen/seed.py", "src/squeezegen/data/captions.py",
                    "src/squeezegen/rq/model.py", "src/squeezegen/tracking.py"):
         path = toy / module
         original = path.read_text()

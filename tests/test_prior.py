@@ -191,8 +191,8 @@ def test_full_profile_rq_generator_stays_under_120m_parameters(kind, scales):
 
     from squeezegen.config import load_config
     from squeezegen.rq.prior_train import prior_spec
+    from squeezegen.rq.recon_train import build_rqvae
     from squeezegen.rq.refiner import Refiner
-    from squeezegen.rq.train import build_rqvae
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml", profile="full")
     side = cfg.data.rq_size // cfg.rqvae.downsample

@@ -62,8 +62,8 @@ def project(tmp_path_factory) -> Path:
 
 
 def test_train_prior_writes_the_model_metrics_and_curve(project):
+    from squeezegen.metrics_files import merge_perf
     from squeezegen.rq.prior import load_prior
-    from squeezegen.tracking import merge_perf
 
     prior = load_prior(project / "models/prior")
     assert prior.spec.styles == tuple(sorted(STYLES)) and prior.spec.genres == tuple(sorted(GENRES))

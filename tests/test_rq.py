@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from squeezegen.errors import UserError
-from squeezegen.metrics import psnr
+from squeezegen.image_metrics import psnr
 from squeezegen.rq.evaluation import codebook_stats, evaluate_rqvae, reconstruct_image
 from squeezegen.rq.model import RQVAE, count_parameters, load_rqvae, save_rqvae
+from squeezegen.rq.recon_train import make_rqvae_loss
 from squeezegen.rq.refiner import Refiner, load_refiner, save_refiner
-from squeezegen.rq.train import make_rqvae_loss
-from squeezegen.train import LoopSettings, train
+from squeezegen.training import LoopSettings, train
 
 
 def tiny_rqvae(*, levels: int = 3, downsample: int = 4, shared_codebook: bool = False, **kwargs) -> RQVAE:
@@ -290,7 +290,7 @@ def test_stages_write_models_metrics_curves_and_pictures(tmp_path, monkeypatch):
     monkeypatch.setenv("SQUEEZEGEN_MLFLOW", "0")
 
     rq = train_rqvae.main()
-    from squeezegen.tracking import merge_perf
+    from squeezegen.metrics_files import merge_perf
 
     on_disk = json.loads(Path("metrics/rqvae.json").read_text())
     assert {"train_seconds", "steps_per_s", "peak_mem_bytes"} <= set(on_disk["perf"])  # CPU: peak is RSS

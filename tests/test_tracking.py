@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from squeezegen.config import load_config
 from squeezegen.tracking import flatten, stage_run, tracking_uri
 
@@ -61,7 +60,7 @@ def test_mlflow_can_be_switched_off(tmp_path, monkeypatch):
 
 
 def test_split_perf_moves_speed_and_load_figures_under_perf_and_merge_undoes_it():
-    from squeezegen.tracking import memory_perf_keys, merge_perf, split_perf
+    from squeezegen.metrics_files import memory_perf_keys, merge_perf, split_perf
 
     metrics = {
         "psnr": 20.0, "seconds": 1.5, "steps_per_s": 3.0,

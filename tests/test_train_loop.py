@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from squeezegen.errors import UserError
-from squeezegen.train import LoopSettings, TrainResult, cleanup_checkpoints, train
+from squeezegen.training import LoopSettings, TrainResult, cleanup_checkpoints, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread per module
 

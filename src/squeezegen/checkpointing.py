@@ -1,4 +1,4 @@
-"""Resumable checkpoints of the shared training loop (`squeezegen.train`).
+"""Resumable checkpoints of the shared training loop (`squeezegen.training`).
 
 A checkpoint is `checkpoint_dir/step_<N>/`: accelerate's `save_state` (optimizer, schedule,
 GradScaler and every process's RNG states) plus our own `trainable_state.safetensors` (trainable

@@ -1,4 +1,4 @@
-"""Atomic file output and hashing.
+"""Atomic file output, hashing and sizes.
 
 Every output is written to a temporary sibling and renamed into place, so an interrupted stage
 never leaves a half-written file (or folder) where DVC or the next stage would read it.
@@ -13,7 +13,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _fsync_dir(path: Path) -> None:
@@ -81,3 +84,22 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
+
+
+def tensor_hash(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' bytes (the data part of a training fingerprint)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(**parts: Any) -> str:
+    """sha256 of JSON-able parts (config sections, data hash, weights hash…)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes on disk of every file under `folder`."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

@@ -94,8 +94,8 @@ def sampling_seeds(seed: int, count: int) -> list[int]:
 
 def load_split(processed_dir: str | Path, split: str) -> tuple[torch.Tensor, Conditions]:
     """uint8 images (M, 3, H, W) at the RQ resolution and their conditions, in dataset order."""
+    from squeezegen.data.tensors import load_image_tensors
     from squeezegen.rq.prior_train import load_conditions
-    from squeezegen.rq.train import load_image_tensors
 
     images = load_image_tensors(processed_dir, split)
     styles, genres, scores = load_conditions(processed_dir, split)
@@ -303,7 +303,7 @@ def sd_size_figures(base_dir: Path, lora_dir: Path, quant_dir: Path) -> dict[str
     """Parameters and bytes on disk of the uncompressed (base + LoRA) and compressed SD pipelines."""
     from safetensors import safe_open
 
-    from squeezegen.rq.generate import folder_bytes
+    from squeezegen.files import folder_bytes
 
     params = 0
     for part in ("unet", "text_encoder", "vae"):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from squeezegen.errors import UserError
-from squeezegen.tracking import merge_perf
+from squeezegen.metrics_files import merge_perf
 
 # metrics/<name>.json → the stage that writes it
 METRICS_STAGES: dict[str, str] = {

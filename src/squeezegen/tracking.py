@@ -1,4 +1,4 @@
-"""One MLflow run per stage execution, and one helper for `metrics/<name>.json`.
+"""One MLflow run per stage execution, logging what the stage writes to `metrics/`.
 
 The default store is `sqlite:///<repo root>/mlflow.db` with an absolute path, so runs made in
 DVC's temporary experiment folders land in the same database; `MLFLOW_TRACKING_URI` overrides
@@ -14,9 +14,7 @@ or a scheduler; the stage then exits with code 143). A run whose process died wi
 stage on the same machine finds it by its `host` / `pid` tags and marks it FAILED
 (`mark_stale_runs`).
 
-Metrics files keep figures that depend on the machine's speed or load under one `perf` key
-(`split_perf`), so everything else is expected to be identical across clean runs on one machine
-and `dvc metrics diff` between two such runs shows only `perf.*`.
+The metrics files themselves (layout, the `perf` split, loss curves) are `squeezegen.metrics_files`.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -36,78 +33,10 @@ from pathlib import Path
 from typing import Any, Collection, Iterator, Mapping
 
 from squeezegen.config import STAGE_SECTIONS, Config
-from squeezegen.files import atomic_write_json
+from squeezegen.metrics_files import write_metrics_file
 
 EXPERIMENT = "squeezegen"
-METRICS_DIR = Path("metrics")
 log = logging.getLogger(__name__)
-PERF = "perf"
-# Leaf names that measure time, speed or process memory (RSS): they vary with the machine's load.
-_PERF_NAME = re.compile(r"seconds|per_s$|_per_s_|(^|_)rss(_|$)|throughput|speed")
-
-
-# Memory peaks that are a CPU process's RSS (machine-dependent) but CUDA's exact allocated bytes.
-PEAK_MEMORY_KEYS = frozenset({
-    "peak_bytes", "load_peak_bytes", "peak_mem_bytes", "peak_mem_ratio",
-    "peak_mem_bytes_fp16", "peak_mem_bytes_compressed", "peak_mem_bytes_train", "peak_mem_bytes_samples",
-})
-
-
-def memory_perf_keys(device_type: str) -> frozenset[str]:
-    """`machine_dependent` keys for memory peaks measured on `device_type` ("cuda", "cpu", …)."""
-    return frozenset() if device_type == "cuda" else PEAK_MEMORY_KEYS
-
-
-def is_perf_name(key: str) -> bool:
-    """Whether a metric's own name says it depends on speed or load (`seconds`, `steps_per_s`, `peak_rss`)."""
-    return bool(_PERF_NAME.search(key))
-
-
-def split_perf(metrics: Mapping[str, Any], machine_dependent: Collection[str] = ()) -> dict[str, Any]:
-    """Move every speed/load figure into `metrics["perf"]`, keeping its nested path.
-
-    A leaf goes to `perf` when `is_perf_name` says so or its name is in `machine_dependent`
-    (e.g. `peak_bytes` when it is a CPU process's RSS rather than CUDA's exact allocated bytes).
-    """
-    perf: dict[str, Any] = dict(metrics.get(PERF, {}))
-
-    def walk(node: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-        kept: dict[str, Any] = {}
-        for key, value in node.items():
-            if isinstance(value, Mapping):
-                sub = walk(value, (*path, key))
-                if sub or not value:
-                    kept[key] = sub
-            elif is_perf_name(key) or key in machine_dependent:
-                target = perf
-                for part in path:
-                    target = target.setdefault(part, {})
-                target[key] = value
-            else:
-                kept[key] = value
-        return kept
-
-    out = walk({k: v for k, v in metrics.items() if k != PERF}, ())
-    if perf:
-        out[PERF] = perf
-    return out
-
-
-def merge_perf(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The inverse of `split_perf`: one nested dict with the `perf` figures back in place."""
-
-    def merge(into: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-        for key, value in extra.items():
-            if isinstance(value, Mapping) and isinstance(into.get(key), Mapping):
-                into[key] = merge(dict(into[key]), value)
-            else:
-                into[key] = value
-        return into
-
-    rest = {k: v for k, v in metrics.items() if k != PERF}
-    return merge(rest, metrics.get(PERF, {}))
-
-
 def repo_root(start: Path | None = None) -> Path:
     """The project root: the nearest folder above `start` holding params.yaml (else cwd).
 
@@ -202,9 +131,7 @@ class StageRun:
     def write_metrics(self, name: str, metrics: Mapping[str, Any], *, machine_dependent: Collection[str] = ()) -> Path:
         """Write `metrics/<name>.json` atomically (speed/load figures under `perf`, see
         `split_perf`) and log the same flattened numbers to MLflow."""
-        path = self.root / METRICS_DIR / f"{name}.json"
-        metrics = split_perf(metrics, machine_dependent)
-        atomic_write_json(path, metrics)
+        path, metrics = write_metrics_file(self.root, name, metrics, machine_dependent=machine_dependent)
         if self._mlflow is not None:
             flat = flatten(metrics)
             if flat:

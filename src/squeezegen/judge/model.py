@@ -10,21 +10,17 @@ what `fd_judge` compares (`frechet_distance`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
 
 from squeezegen.errors import UserError
-from squeezegen.files import atomic_path
+from squeezegen.model_folder import load_model_folder, save_model_folder
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 FORMAT = "squeezegen.judge/1"
 
 
@@ -135,39 +131,22 @@ def prepare_images(judge: Judge, images: torch.Tensor) -> torch.Tensor:
 
 def save_judge(model: Judge, out_dir: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
     """Write `out_dir/` = model.safetensors + config.json (architecture, class names, image size, meta), atomically."""
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        save_model(model, str(tmp / WEIGHTS_FILE))
-        config = {
-            "format": FORMAT,
-            "model": model.config,
-            "styles": list(model.styles),
-            "genres": list(model.genres),
-            "image_size": model.image_size,
-            "score_mean": float(model.score_mean),
-            "score_std": float(model.score_std),
-            "meta": meta or {},
-        }
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return Path(out_dir)
+    return save_model_folder(model, out_dir, {
+        "format": FORMAT,
+        "model": model.config,
+        "styles": list(model.styles),
+        "genres": list(model.genres),
+        "image_size": model.image_size,
+        "score_mean": float(model.score_mean),
+        "score_std": float(model.score_std),
+        "meta": meta or {},
+    })
 
 
 def load_judge(model_dir: str | Path, device: torch.device | str = "cpu") -> Judge:
     """The judge saved by `save_judge`, in eval mode on `device`; UserError if `model_dir` holds none."""
-    model_dir = Path(model_dir)
-    path = model_dir / CONFIG_FILE
-    if not path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
-        raise UserError(f"{model_dir}: no trained judge here (needs {CONFIG_FILE} + {WEIGHTS_FILE}); run `dvc repro train_judge`")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); re-run the train_judge stage") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise UserError(f"{path}: not a judge config of format {FORMAT!r}; re-run the train_judge stage")
-    model = Judge(**config["model"])
-    load_model(model, str(model_dir / WEIGHTS_FILE), device="cpu")
-    model.meta = dict(config.get("meta", {}))
-    return model.to(device).eval()
+    return load_model_folder(model_dir, lambda config: Judge(**config["model"]), what="judge", fmt=FORMAT,
+                             stage="train_judge", device=device)
 
 
 # ------------------------------------------------------------------------------------ judging

@@ -1,4 +1,4 @@
-"""Training the judge with the shared loop (`squeezegen.train.train`) on the processed data only.
+"""Training the judge with the shared loop (`squeezegen.training.train`) on the processed data only.
 
 The judge is the referee of every generator, so its data is exactly one thing: a split of
 `data/processed` (`load_judge_data`), real images with their LAPIS-style labels. Nothing here
@@ -22,12 +22,12 @@ from torch.utils.data import TensorDataset
 
 from squeezegen.config import JudgeConfig
 from squeezegen.data.captions import GENRES, STYLES
+from squeezegen.data.tensors import IMAGE_COLUMN
 from squeezegen.errors import UserError
 from squeezegen.judge.model import Judge, judge_images
 from squeezegen.seed import seed_everything
-from squeezegen.train import TrainResult, cosine_settings, train
+from squeezegen.training import TrainResult, cosine_settings, train
 
-IMAGE_COLUMN = "image_rq"  # the RQ branch's resolution: the generators it referees draw at this size
 IGNORE = -100  # label of an image whose style / genre is not one the judge knows (cross-entropy skips it)
 
 

@@ -1,6 +1,6 @@
 """Evaluating the RQ branch on held-out images, and `reconstruct_image` for the CLI.
 
-Metrics follow `squeezegen.metrics` (PSNR in dB, SSIM, LPIPS or its random-backbone stand-in
+Metrics follow `squeezegen.image_metrics` (PSNR in dB, SSIM, LPIPS or its random-backbone stand-in
 `lpips_randnet`), averaged over images; reconstructions are clamped to [-1, 1] first.
 """
 
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image, ImageOps
 
+from squeezegen.data.tensors import pil_to_uint8, to_signed, to_uint8
 from squeezegen.errors import UserError
-from squeezegen.metrics import lpips_distance, psnr, ssim
+from squeezegen.image_metrics import lpips_distance, psnr, ssim
 from squeezegen.rq.model import RQVAE, load_rqvae
-from squeezegen.rq.train import pil_to_uint8, to_signed, to_uint8
 
 if TYPE_CHECKING:  # diffusers is slow to import; only the refiner paths need it
     from squeezegen.rq.refiner import Refiner

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from squeezegen.data.tensors import to_signed, to_uint8
 from squeezegen.errors import UserError
+from squeezegen.files import folder_bytes
 from squeezegen.rq.model import RQVAE, count_parameters, load_rqvae
 from squeezegen.rq.prior import ConditionedPrior, load_prior
 from squeezegen.rq.sampling import marginal_codes, sample_codes
-from squeezegen.rq.train import to_signed, to_uint8
 
 
 @torch.no_grad()
@@ -26,11 +26,6 @@ def encode_codes(rqvae: RQVAE, images: torch.Tensor, *, batch_size: int = 64, de
     rqvae.eval()
     out = [rqvae.encode(to_signed(images[i : i + batch_size].to(device))).cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(out).long()
-
-
-def folder_bytes(folder: str | Path) -> int:
-    """Bytes on disk of every file under `folder`."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 @dataclass

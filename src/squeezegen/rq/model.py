@@ -24,22 +24,17 @@ decoder learns to draw a frame and corner marks; replicate padding gives it noth
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_model, save_model
 from torch import nn
 from vector_quantize_pytorch import HierarchicalVQ, ResidualVQ
 
-from squeezegen.errors import UserError
-from squeezegen.files import atomic_path
+from squeezegen.model_folder import load_model_folder, read_model_config, save_model_folder
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 FORMAT = "squeezegen.rqvae/1"
 PADDING_MODES = ("zeros", "replicate", "reflect")  # nn.Conv2d padding modes the 3×3 convs may use
 PHI_MIX = 0.5  # φ(x) = (1 − PHI_MIX)·x + PHI_MIX·conv3x3(x) after upsampling a pyramid level (VAR's quant_resi)
@@ -319,42 +314,15 @@ def save_rqvae(model: RQVAE, out_dir: str | Path, *, meta: dict[str, Any] | None
 
     `meta` holds facts about the training (image size, steps…) that loaders may read back.
     """
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        save_model(model, str(tmp / WEIGHTS_FILE))  # handles the tied tensors of a shared codebook
-        config = {"format": FORMAT, "model": model.config, "meta": meta or {}}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return Path(out_dir)
+    return save_model_folder(model, out_dir, {"format": FORMAT, "model": model.config, "meta": meta or {}})
 
 
 def read_rqvae_config(model_dir: str | Path) -> dict[str, Any]:
     """config.json of a saved RQ-VAE; UserError if the folder does not hold one."""
-    model_dir = Path(model_dir)
-    path = model_dir / CONFIG_FILE
-    if not path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
-        raise UserError(f"{model_dir}: no trained RQ-VAE here (needs {CONFIG_FILE} + {WEIGHTS_FILE}); run the train_rqvae stage first")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); re-run the train_rqvae stage") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise UserError(f"{path}: not an RQ-VAE config of format {FORMAT!r}; re-run the train_rqvae stage")
-    return config
+    return read_model_config(model_dir, what="RQ-VAE", fmt=FORMAT, stage="train_rqvae")
 
 
 def load_rqvae(model_dir: str | Path, device: torch.device | str = "cpu") -> RQVAE:
     """The RQ-VAE saved by `save_rqvae`, in eval mode on `device` (config.json's "meta" is `model.meta`)."""
-    config = read_rqvae_config(model_dir)
-    try:
-        model = RQVAE(**config["model"])
-        load_model(model, str(Path(model_dir) / WEIGHTS_FILE), device="cpu")
-    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
-        # A config from an older (or newer) squeezegen whose architecture this code does not build,
-        # or weights that do not fit it: re-training is the fix.
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"{model_dir}: cannot rebuild this RQ-VAE from its {CONFIG_FILE} ({first_line[:300]}); it was probably saved by "
-            "another version of squeezegen. Re-run the train_rqvae stage (`dvc repro train_rqvae`)."
-        ) from None
-    model.meta = dict(config.get("meta", {}))
-    return model.to(device).eval()
+    return load_model_folder(model_dir, lambda config: RQVAE(**config["model"]), what="RQ-VAE", fmt=FORMAT,
+                             stage="train_rqvae", device=device)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
+from squeezegen.data.tensors import to_signed
 from squeezegen.files import atomic_path
-from squeezegen.metrics import psnr
-from squeezegen.rq.train import to_signed
+from squeezegen.image_metrics import psnr
 
 TILE_INCHES = 1.6  # size of one image tile in the figure
 

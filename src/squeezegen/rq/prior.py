@@ -21,7 +21,6 @@ one-position-at-a-time sampling.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,14 +28,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
 
-from squeezegen.errors import UserError
-from squeezegen.files import atomic_path
+from squeezegen.model_folder import load_model_folder, save_model_folder
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 FORMAT = "squeezegen.prior/2"  # 2: score / SCORE_UNIT, condition on every position, FiLM
 SCORE_FREQS = 128  # sinusoidal embedding of the score: 128 sines + 128 cosines (SDXL uses 256-d)
 SCORE_UNIT = 10.0  # scores enter the embedding as score / 10: SDXL's aesthetic scores are on a 1–10 scale
@@ -284,35 +279,10 @@ def build_prior(spec: PriorSpec) -> ConditionedPrior:
 
 def save_prior(model: ConditionedPrior, out_dir: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
     """`out_dir/` = model.safetensors + config.json (spec + meta), written atomically."""
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        save_model(model, str(tmp / WEIGHTS_FILE))
-        config = {"format": FORMAT, "spec": model.spec.to_json(), "meta": meta or {}}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return Path(out_dir)
-
-
-def read_prior_config(model_dir: str | Path) -> dict[str, Any]:
-    model_dir = Path(model_dir)
-    path = model_dir / CONFIG_FILE
-    if not path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
-        raise UserError(f"{model_dir}: no trained prior here (needs {CONFIG_FILE} + {WEIGHTS_FILE}); run the train_prior stage first")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); re-run the train_prior stage") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise UserError(f"{path}: not a prior config of format {FORMAT!r}; re-run the train_prior stage")
-    return config
+    return save_model_folder(model, out_dir, {"format": FORMAT, "spec": model.spec.to_json(), "meta": meta or {}})
 
 
 def load_prior(model_dir: str | Path, device: torch.device | str = "cpu") -> ConditionedPrior:
     """The prior saved by `save_prior`, in eval mode on `device` (`model.meta` = config.json's meta)."""
-    config = read_prior_config(model_dir)
-    try:
-        model = build_prior(PriorSpec.from_json(config["spec"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{model_dir}: prior config does not match this version ({exc}); re-run the train_prior stage") from None
-    load_model(model, str(Path(model_dir) / WEIGHTS_FILE), device="cpu")
-    model.meta = dict(config.get("meta", {}))
-    return model.to(device).eval()
+    return load_model_folder(model_dir, lambda config: build_prior(PriorSpec.from_json(config["spec"])),
+                             what="prior", fmt=FORMAT, stage="train_prior", device=device)

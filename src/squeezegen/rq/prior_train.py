@@ -20,7 +20,7 @@ from squeezegen.errors import UserError
 from squeezegen.rq.model import RQVAE
 from squeezegen.rq.prior import ConditionedPrior, PriorSpec, build_prior
 from squeezegen.seed import seed_everything
-from squeezegen.train import TrainResult, cosine_settings, train
+from squeezegen.training import TrainResult, cosine_settings, train
 
 
 def load_conditions(processed_dir: str | Path, split: str) -> tuple[list[str], list[str], np.ndarray]:

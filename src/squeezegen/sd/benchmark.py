@@ -237,7 +237,7 @@ def image_drift(
     Also, under `reference`: the same numbers between two of its own images that share a prompt
     but not a seed (warm-up vs first timed image) — the scale drift should be read against.
     """
-    from squeezegen.metrics import lpips_distance, psnr
+    from squeezegen.image_metrics import lpips_distance, psnr
 
     def compare(a: list[bytes], b: list[bytes]) -> dict[str, float]:
         x = torch.cat([_to_tensor(p) for p in a])  # (N, 3, H, W)

@@ -2,7 +2,7 @@
 
 Freeze the base → `unet.add_adapter(LoraConfig(...))` on the attention projections → upcast the
 trainable weights to fp32 → train on the epsilon (or v) target of noised VAE latents, through the
-shared loop (`squeezegen.train.train`, so it resumes exactly and runs under `accelerate launch`)
+shared loop (`squeezegen.training.train`, so it resumes exactly and runs under `accelerate launch`)
 → save only the adapter, in diffusers format, as safetensors (`pipe.load_lora_weights(dir)`).
 """
 
@@ -29,7 +29,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from squeezegen.files import atomic_path, sha256_file
 from squeezegen.seed import seed_everything
-from squeezegen.train import LoopSettings, TrainResult, make_accelerator, train
+from squeezegen.training import LoopSettings, TrainResult, make_accelerator, train
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use
 
@@ -230,7 +230,7 @@ def save_adapter(unet: UNet2DConditionModel, out_dir: str | os.PathLike) -> Path
 
 def _make_loss(*, vae: AutoencoderKL, text_encoder: CLIPTextModel, noise_scheduler: DDPMScheduler,
                weight_dtype: torch.dtype, min_snr_gamma: float | None) -> Callable:
-    """The denoising loss of one micro-batch, for `squeezegen.train.train`."""
+    """The denoising loss of one micro-batch, for `squeezegen.training.train`."""
     prediction_type = noise_scheduler.config.prediction_type
 
     def loss_fn(unet: torch.nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict]:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from squeezegen.config import load_config
 from squeezegen.errors import UserError
+from squeezegen.metrics_files import memory_perf_keys
 from squeezegen.stages.quantize import BASE_DIR, LORA_DIR, QUANT_DIR, quant_policy
-from squeezegen.tracking import memory_perf_keys, stage_run
+from squeezegen.tracking import stage_run
 
 REPORT_DIR = Path("reports/benchmark")
 MEMORY_CSV = Path("metrics/benchmark_memory.csv")
@@ -23,7 +24,7 @@ MEMORY_CSV = Path("metrics/benchmark_memory.csv")
 
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.files import atomic_path, atomic_write_text
-    from squeezegen.metrics import load_lpips, lpips_metric_name
+    from squeezegen.image_metrics import load_lpips, lpips_metric_name
     from squeezegen.sd import benchmark as bench
     from squeezegen.sd.configurations import default_device
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from squeezegen.config import Config, load_config
-from squeezegen.tracking import memory_perf_keys, stage_run
+from squeezegen.metrics_files import memory_perf_keys
+from squeezegen.tracking import stage_run
 
 BASE_DIR = Path("models/base")
 LORA_DIR = Path("models/lora")
@@ -41,8 +42,8 @@ def sd_sample_grid(cfg: Config, prompts: list[str], seeds: list[int]):
     import torch
     from PIL import Image
 
+    from squeezegen.image_metrics import psnr
     from squeezegen.memory import free_memory
-    from squeezegen.metrics import psnr
     from squeezegen.sd.configurations import build_pipeline, default_device, generate
     from squeezegen.sd.generate import labelled_grid
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from squeezegen.config import load_config
-from squeezegen.tracking import memory_perf_keys, stage_run
+from squeezegen.metrics_files import memory_perf_keys
+from squeezegen.tracking import stage_run
 
 PROCESSED_DIR = Path("data/processed")
 BASE_DIR = Path("models/base")
@@ -29,7 +30,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.memory import check_memory, free_memory, measure_peak, reset_stage_peak, stage_peak_bytes
     from squeezegen.sd.generate import before_after_grid, sample_prompts
     from squeezegen.sd.lora import LoraSettings, estimate_training_bytes, lora_fingerprint, train_lora
-    from squeezegen.train import cleanup_checkpoints, make_accelerator
+    from squeezegen.training import cleanup_checkpoints, make_accelerator
 
     cfg = load_config(params, profile=profile)
     lora = cfg.lora

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from squeezegen.config import load_config
-from squeezegen.tracking import memory_perf_keys, stage_run
+from squeezegen.metrics_files import memory_perf_keys
+from squeezegen.tracking import stage_run
 
 PROCESSED_DIR = Path("data/processed")  # the stage's one input
 MODEL_DIR = Path("models/judge")
@@ -30,7 +31,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.files import atomic_write_text
     from squeezegen.judge.model import count_parameters, save_judge
     from squeezegen.judge.train import evaluate_judge, load_judge_data, score_scale, train_judge
-    from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator
+    from squeezegen.training import cleanup_checkpoints, cosine_settings, make_accelerator
 
     cfg = load_config(params, profile=profile)
     with stage_run("train_judge", cfg) as run:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from squeezegen.config import load_config
 from squeezegen.errors import UserError
-from squeezegen.tracking import memory_perf_keys, stage_run
+from squeezegen.metrics_files import memory_perf_keys
+from squeezegen.tracking import stage_run
 
 PROCESSED_DIR = Path("data/processed")
 RQVAE_DIR = Path("models/rqvae")
@@ -28,9 +29,12 @@ ENCODE_BATCH = 64  # images per batch when encoding the codes
 
 
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
-    from squeezegen.files import sha256_file
+    from squeezegen.data.tensors import load_image_tensors
+    from squeezegen.files import fingerprint, sha256_file, tensor_hash
+    from squeezegen.metrics_files import write_history_csv
+    from squeezegen.model_folder import WEIGHTS_FILE
     from squeezegen.rq.generate import encode_codes
-    from squeezegen.rq.model import WEIGHTS_FILE, count_parameters, load_rqvae
+    from squeezegen.rq.model import count_parameters, load_rqvae
     from squeezegen.rq.prior import save_prior
     from squeezegen.rq.prior_train import (
         code_nll,
@@ -40,8 +44,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         prior_spec,
         train_prior,
     )
-    from squeezegen.rq.train import fingerprint, load_image_tensors, tensor_hash, write_history_csv
-    from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator
+    from squeezegen.training import cleanup_checkpoints, cosine_settings, make_accelerator
 
     cfg = load_config(params, profile=profile)
     pc = cfg.prior

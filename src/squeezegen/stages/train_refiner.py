@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from squeezegen.config import load_config
-from squeezegen.tracking import memory_perf_keys, stage_run
+from squeezegen.metrics_files import memory_perf_keys
+from squeezegen.tracking import stage_run
 
 PROCESSED_DIR = Path("data/processed")
 RQVAE_DIR = Path("models/rqvae")
@@ -31,8 +32,8 @@ def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
     import torch
 
     from squeezegen.memory import activation_bytes_per_sample
+    from squeezegen.rq.recon_train import make_refiner_loss
     from squeezegen.rq.refiner import Refiner
-    from squeezegen.rq.train import make_refiner_loss
 
     ref, size = cfg.refiner, cfg.data.rq_size
     with torch.device("meta"):
@@ -52,23 +53,19 @@ def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     import datasets
 
+    from squeezegen.data.tensors import load_image_tensors
     from squeezegen.errors import UserError
-    from squeezegen.files import sha256_file
+    from squeezegen.files import fingerprint, sha256_file, tensor_hash
+    from squeezegen.image_metrics import load_lpips
     from squeezegen.memory import check_memory, reset_stage_peak, stage_peak_bytes
-    from squeezegen.metrics import load_lpips
+    from squeezegen.metrics_files import write_history_csv
+    from squeezegen.model_folder import WEIGHTS_FILE
     from squeezegen.rq.evaluation import evaluate_refiner, progressive_rows
-    from squeezegen.rq.model import WEIGHTS_FILE, count_parameters, load_rqvae
+    from squeezegen.rq.model import count_parameters, load_rqvae
     from squeezegen.rq.pictures import render_progressive
+    from squeezegen.rq.recon_train import reconstruct_batches, train_refiner
     from squeezegen.rq.refiner import save_refiner
-    from squeezegen.rq.train import (
-        fingerprint,
-        load_image_tensors,
-        reconstruct_batches,
-        tensor_hash,
-        train_refiner,
-        write_history_csv,
-    )
-    from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator
+    from squeezegen.training import cleanup_checkpoints, cosine_settings, make_accelerator
 
     cfg = load_config(params, profile=profile)
     ref = cfg.refiner

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from squeezegen.config import load_config
-from squeezegen.tracking import memory_perf_keys, stage_run
+from squeezegen.metrics_files import memory_perf_keys
+from squeezegen.tracking import stage_run
 
 PROCESSED_DIR = Path("data/processed")
 MODEL_DIR = Path("models/rqvae")
@@ -30,9 +31,9 @@ def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
 
     import torch
 
+    from squeezegen.image_metrics import lpips_distance
     from squeezegen.memory import activation_bytes_per_sample
-    from squeezegen.metrics import lpips_distance
-    from squeezegen.rq.train import build_rqvae
+    from squeezegen.rq.recon_train import build_rqvae
 
     rq, size = cfg.rqvae, cfg.data.rq_size
     with torch.device("meta"):
@@ -53,21 +54,17 @@ def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     import datasets
 
+    from squeezegen.data.tensors import load_image_tensors
     from squeezegen.errors import UserError
-    from squeezegen.files import atomic_write_text
+    from squeezegen.files import atomic_write_text, fingerprint, tensor_hash
+    from squeezegen.image_metrics import load_lpips, lpips_metric_name
     from squeezegen.memory import check_memory, reset_stage_peak, stage_peak_bytes
-    from squeezegen.metrics import load_lpips, lpips_metric_name
+    from squeezegen.metrics_files import write_history_csv
     from squeezegen.rq.evaluation import evaluate_rqvae, progressive_rows
     from squeezegen.rq.model import count_parameters, save_rqvae
     from squeezegen.rq.pictures import render_progressive
-    from squeezegen.rq.train import (
-        fingerprint,
-        load_image_tensors,
-        tensor_hash,
-        train_rqvae,
-        write_history_csv,
-    )
-    from squeezegen.train import cleanup_checkpoints, cosine_settings, make_accelerator
+    from squeezegen.rq.recon_train import train_rqvae
+    from squeezegen.training import cleanup_checkpoints, cosine_settings, make_accelerator
 
     cfg = load_config(params, profile=profile)
     rq = cfg.rqvae

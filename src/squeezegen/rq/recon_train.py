@@ -1,4 +1,4 @@
-"""Training the RQ branch with the shared loop (`squeezegen.train.train`): image tensors, the
+"""Training the RQ branch with the shared loop (`squeezegen.training.train`): image tensors, the
 two loss functions and the two training entry points.
 
 Images are held in memory as uint8 tensors (N, 3, H, W) (a quarter of float32's size) and
@@ -7,12 +7,9 @@ turned into [-1, 1] floats batch by batch, inside the loss function.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -20,77 +17,11 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from squeezegen.config import RefinerConfig, RQVAEConfig
-from squeezegen.errors import UserError
-from squeezegen.files import atomic_write_text
-from squeezegen.metrics import lpips_distance
+from squeezegen.data.tensors import to_signed
+from squeezegen.image_metrics import lpips_distance
 from squeezegen.rq.model import RQVAE, pyramid_sides
 from squeezegen.seed import seed_everything
-from squeezegen.train import TrainResult, cosine_settings, train
-
-IMAGE_COLUMN = "image_rq"
-
-
-# ------------------------------------------------------------------------------------ data
-
-
-def to_signed(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, 3, H, W) → float32 in [-1, 1]."""
-    return images.float() / 127.5 - 1.0
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [-1, 1] (B, 3, H, W) → uint8 (clamped, rounded)."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def pil_to_uint8(image) -> torch.Tensor:
-    """A PIL image → uint8 tensor (3, H, W) (converted to RGB)."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W)
-
-
-def load_image_tensors(processed_dir: str | Path, split: str, *, column: str = IMAGE_COLUMN) -> torch.Tensor:
-    """All images of `split` in the `datasets` folder `processed_dir`, as uint8 (N, 3, H, W).
-
-    Reads `column` (PIL images of one size). UserError if the folder, split or column is missing
-    or the split is empty.
-    """
-    import datasets
-
-    processed_dir = Path(processed_dir)
-    if not processed_dir.is_dir():
-        raise UserError(f"{processed_dir}: no processed data; run the preprocess stage first")
-    try:
-        data = datasets.load_from_disk(str(processed_dir))
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(f"{processed_dir}: not a saved `datasets` folder ({exc}); re-run the preprocess stage") from None
-    if split not in data:
-        raise UserError(f"{processed_dir}: has no {split!r} split (found {sorted(data)}); re-run the preprocess stage")
-    table = data[split]
-    if column not in table.column_names:
-        raise UserError(f"{processed_dir}/{split}: no {column!r} column (found {table.column_names}); re-run preprocess")
-    if len(table) == 0:
-        raise UserError(f"{processed_dir}/{split}: no images; lower data.val_fraction or add data")
-    images = [pil_to_uint8(img) for img in tqdm(table[column], desc=f"decode {split}", leave=False)]
-    sizes = {tuple(t.shape) for t in images}
-    if len(sizes) != 1:
-        raise UserError(f"{processed_dir}/{split}: {column} images differ in size {sorted(sizes)[:3]}; re-run preprocess")
-    return torch.stack(images)  # (N, 3, H, W) uint8
-
-
-def tensor_hash(*tensors: torch.Tensor) -> str:
-    """sha256 of the tensors' bytes (the data part of a training fingerprint)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def fingerprint(**parts: Any) -> str:
-    """sha256 of JSON-able parts (config sections, data hash, weights hash…)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
+from squeezegen.training import TrainResult, cosine_settings, train
 
 # ------------------------------------------------------------------------------------ losses
 
@@ -107,7 +38,7 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str) ->
 def make_rqvae_loss(*, recon_loss: str, lpips_weight: float = 0.0, lpips_net: torch.nn.Module | None = None) -> Callable:
     """loss_fn(model, batch, step) for the RQ-VAE: recon + commitment (+ lpips_weight · LPIPS)."""
     if lpips_weight > 0 and lpips_net is None:
-        raise ValueError("lpips_weight > 0 needs an lpips_net (squeezegen.metrics.load_lpips)")
+        raise ValueError("lpips_weight > 0 needs an lpips_net (squeezegen.image_metrics.load_lpips)")
 
     def loss_fn(model, batch, step):
         (images,) = batch
@@ -128,7 +59,7 @@ def make_rqvae_loss(*, recon_loss: str, lpips_weight: float = 0.0, lpips_net: to
 def make_refiner_loss(*, lpips_weight: float, lpips_net: torch.nn.Module | None) -> Callable:
     """loss_fn(model, batch, step) for the refiner: L1 + lpips_weight · LPIPS on (recon, target) pairs."""
     if lpips_weight > 0 and lpips_net is None:
-        raise ValueError("lpips_weight > 0 needs an lpips_net (squeezegen.metrics.load_lpips)")
+        raise ValueError("lpips_weight > 0 needs an lpips_net (squeezegen.image_metrics.load_lpips)")
 
     def loss_fn(model, batch, step):
         recon, images = batch  # (B, 3, H, W) float16 recon in [-1, 1], uint8 targets
@@ -234,15 +165,3 @@ def train_refiner(
         on_log=on_log,
         desc="train_refiner",
     )
-
-
-def write_history_csv(path: str | Path, history: list[dict[str, Any]], columns: list[str]) -> Path:
-    """The loop's per-step history as a CSV (for DVC plots), atomically; missing values are left empty."""
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return ""
-        return str(value) if isinstance(value, int) else f"{value:.6g}"
-
-    lines = [",".join(columns)] + [",".join(cell(entry.get(c)) for c in columns) for entry in history]
-    return atomic_write_text(path, "\n".join(lines) + "\n")
