@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from squeezegen.config import load_config  # noqa: E402
 from squeezegen.data.tensors import load_image_tensors  # noqa: E402
 from squeezegen.files import atomic_write_json, atomic_write_text  # noqa: E402
-from squeezegen.generation import Conditions, judged, judged_high_low, load_split  # noqa: E402
+from squeezegen.generation.measure import Conditions, judged, judged_high_low, load_split  # noqa: E402
 from squeezegen.judge import judge_images, load_judge  # noqa: E402
 from squeezegen.rq.generate import RQGenerator, encode_codes  # noqa: E402
 from squeezegen.rq.model import load_rqvae  # noqa: E402

@@ -83,7 +83,7 @@ def run_variant(name: str, base_dir: str, args: argparse.Namespace) -> dict:
     import torch
 
     from squeezegen.config import load_config
-    from squeezegen.memory import device_name
+    from squeezegen.memory.probes import device_name
     from squeezegen.sd.lora import LoraSettings, train_lora
     from squeezegen.training import make_accelerator
 

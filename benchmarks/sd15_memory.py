@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from squeezegen.sd import benchmark as bench
+    from squeezegen.sd import benchmark_report as bench_report
     from squeezegen.sd.sd15 import prepare_sd15_files
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -166,10 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"sd15_memory_{device.split(':')[0]}_{args.size}px.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    bench.samples_strip(images, str(out.with_suffix(".png")))
-    bench.frontier_chart(summary, str(out.with_name(out.stem + "_frontier.png")))
+    bench_report.samples_strip(images, str(out.with_suffix(".png")))
+    bench_report.frontier_chart(summary, str(out.with_name(out.stem + "_frontier.png")))
 
-    print(bench.memory_table(summary))
+    print(bench_report.memory_table(summary))
     print(
         f"UNet GGUF {summary['unet_bytes_gguf'] / 1e9:.3f} GB (fp16 {summary['unet_bytes_fp16'] / 1e9:.3f} GB, "
         f"{summary['unet_bpw']:.2f} bits/weight, Q4_K fraction {summary['q4k_fraction']:.3f}); text encoder int8 "

@@ -10,7 +10,7 @@ import torch
 
 from squeezegen.errors import UserError
 from squeezegen.quant.pipeline import quantize_pipeline
-from squeezegen.sd.configurations import build_pipeline, generate, generate_compressed
+from squeezegen.sd.configurations import build_pipeline, generate_compressed, generate_measured
 
 # each saving on its own, and the phase-resident pipeline with the same recipe as the tiled one
 CONFIGS = ("fp16", "q4k_unet", "q4k_unet_int8_clip", "q4k_unet_int8_clip_cpu_vae", "q4k_unet_int8_clip_tiled_vae",
@@ -63,7 +63,7 @@ def runs(files):
     for name in CONFIGS:
         bundle = build_pipeline(name, base_dir=files["base"], lora_dir=files["lora"], quant_dir=files["quant"], device="cpu",
                                 vae_tile_px=32)
-        result = generate(bundle, [PROMPT, PROMPT], [0, 1], steps=STEPS, size=SIZE)
+        result = generate_measured(bundle, [PROMPT, PROMPT], [0, 1], steps=STEPS, size=SIZE)
         out[name] = {"bundle": bundle, "result": result, "resident": bundle.resident_bytes()}
     return out
 

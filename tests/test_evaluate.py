@@ -12,6 +12,7 @@ import pytest
 from squeezegen import report
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_write_json
+from squeezegen.formatting import fmt_bytes
 
 GIB, MIB = 2**30, 2**20
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,11 +160,11 @@ def test_without_the_cpu_vae_config_the_last_compressed_config_is_compared():
     [(None, "—"), (512, "512 B"), (1536, "1.5 KiB"), (3 * MIB, "3.0 MiB"), (1600 * MIB, "1.56 GiB"), (2 * GIB, "2.00 GiB")],
 )
 def test_fmt_bytes_picks_a_readable_unit(n, text):
-    assert report.fmt_bytes(n) == text
+    assert fmt_bytes(n) == text
 
 
 def fake_gen() -> dict:
-    """evaluate's `gen` metrics (squeezegen.generation.run_generation's keys)."""
+    """evaluate's `gen` metrics (squeezegen.generation.measure.run_generation's keys)."""
     row = lambda **kw: {"style_acc": 0.5, "genre_acc": 0.4, "score_mean": 50.0, "fd_judge": 10.0, **kw}  # noqa: E731
     ci = lambda **kw: {name: {"lo": lo, "hi": hi} for name, (lo, hi) in kw.items()}  # noqa: E731
     return {
@@ -182,7 +183,7 @@ def fake_gen() -> dict:
 
 
 def test_report_shows_the_numbers_tables_and_pictures():
-    from squeezegen.generation import generation_markdown
+    from squeezegen.generation.render import generation_markdown
 
     metrics = fake_metrics()
     generation = generation_markdown(fake_gen(), judge=metrics["judge"], profile="full")
@@ -205,7 +206,7 @@ def test_report_shows_the_numbers_tables_and_pictures():
     for name in metrics["benchmark"]["configs"]:
         assert any(line.startswith(f"| `{name}` |") for line in memory_rows)
     cpu_vae_row = next(line for line in memory_rows if line.startswith("| `q4k_unet_int8_clip_cpu_vae` |"))
-    assert "| cpu |" in cpu_vae_row and "28.50 dB" in cpu_vae_row and "0.0700" in cpu_vae_row and "5.00" in cpu_vae_row
+    assert "| cpu |" in cpu_vae_row and "| 28.5 |" in cpu_vae_row and "| 0.070 |" in cpu_vae_row and "| 5.00 |" in cpu_vae_row
     # per-level table: every level's PSNR, cumulative bits, usage and perplexity
     for k in range(1, 5):
         assert f"| {k} | {17.25 + k - 1:.2f} dB |" in text

@@ -52,7 +52,7 @@ def test_benchmark_without_pretrained_lpips_fails_before_any_configuration(tmp_p
 
 
 def test_memory_check_names_the_knob_and_can_be_skipped(monkeypatch):
-    from squeezegen import memory
+    from squeezegen.memory import fit as memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda device: 2**30)
     with pytest.raises(UserError, match=r"needs an estimated 4\.0 GiB of RAM, 1\.0 GiB is free\. Lower profiles\.full\.refiner\.batch_size"):
@@ -63,8 +63,8 @@ def test_memory_check_names_the_knob_and_can_be_skipped(monkeypatch):
 
 
 def test_full_refiner_batch_is_refused_on_a_small_machine_before_loading_images(tmp_path, monkeypatch):
-    from squeezegen import memory
     from squeezegen.data import tensors
+    from squeezegen.memory import fit as memory
     from squeezegen.stages import train_refiner
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -94,7 +94,7 @@ def test_lora_stage_peak_covers_the_sample_grid_and_the_trained_unet_is_freed_fi
 
     from diffusers import UNet2DConditionModel
 
-    from squeezegen.memory import current_rss
+    from squeezegen.memory.probes import current_rss
     from squeezegen.sd import generate
     from squeezegen.sd.hub import fetch_base
     from squeezegen.stages import finetune_lora

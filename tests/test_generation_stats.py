@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from squeezegen.generation import (
+from squeezegen.generation.measure import (
     Conditions,
     SamplingSettings,
     Verdicts,

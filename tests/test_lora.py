@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from squeezegen.data.captions import all_captions
 from squeezegen.errors import UserError
-from squeezegen.sd.generate import generate, load_pipeline, run_pipeline
+from squeezegen.sd.generate import generate_image, load_pipeline, run_pipeline
 from squeezegen.sd.hub import fetch_base
 from squeezegen.sd.lora import ADAPTER_FILE, CaptionedImages, LoraSettings, train_lora
 
@@ -96,7 +96,7 @@ def test_lora_changes_images_and_weight_zero_restores_the_base(trained, tiny_bas
     pipe.set_adapters(names, adapter_weights=[0.0] * len(names))
     assert np.array_equal(image_array(run_pipeline(pipe, "a cubist portrait painting", **kwargs)), image_array(base_image))
     # the one-call API gives the same LoRA image
-    same = generate(tiny_base_dir, "a cubist portrait painting", lora_dir=trained.adapter_path.parent, device="cpu", **kwargs)
+    same = generate_image(tiny_base_dir, "a cubist portrait painting", lora_dir=trained.adapter_path.parent, device="cpu", **kwargs)
     assert np.array_equal(image_array(same), image_array(lora_image))
 
 
@@ -126,7 +126,7 @@ def test_nan_loss_names_the_step_and_writes_no_adapter(tiny_base_dir, tiny_art_d
 
 def test_long_prompts_are_truncated_not_fatal(tiny_base_dir, tiny_art_dataset):
     long_prompt = " ".join(["an impressionist landscape painting"] * 125)  # 500 words
-    image = generate(tiny_base_dir, long_prompt, seed=0, steps=1, size=SIZE, device="cpu")
+    image = generate_image(tiny_base_dir, long_prompt, seed=0, steps=1, size=SIZE, device="cpu")
     assert image.size == (SIZE, SIZE)
 
     pipe = load_pipeline(tiny_base_dir, device="cpu")

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from squeezegen import memory
-from squeezegen.memory import component_bytes, measure_peak, module_bytes
+from squeezegen.memory import probes as memory
+from squeezegen.memory.accounting import component_bytes, module_bytes
+from squeezegen.memory.probes import measure_peak
 
 MB = 10**6
 needs_proc = pytest.mark.skipif(memory.current_rss() is None, reason="needs Linux /proc/self/status")

@@ -16,7 +16,7 @@ from gguf.quants import dequantize as gguf_dequantize
 from test_quant_runtime import tiny_unet  # noqa: F401  (fixture: a random tiny UNet and its inputs)
 
 from squeezegen.quant.codecs.registry import codec
-from squeezegen.quant.mix.assign import Mix, rule_types, summary, swapped
+from squeezegen.quant.mix.assign import Mix, rule_types, summary, weights_swapped
 from squeezegen.quant.mix.importance import Calibration
 from squeezegen.quant.mix.policy import QuantPolicy, choose_type
 from squeezegen.quant.mix.sensitivity import TensorChoices
@@ -107,7 +107,7 @@ def test_weights_for_are_the_files_weights_and_drift_is_measured_on_them(mixed, 
     expected = unet_output(decoded, heldout)
     assert math.isclose(drift, float((expected - reference).norm() / reference.norm()), rel_tol=1e-5)
     assert 0 < drift < 1
-    with swapped(unet, weights):
+    with weights_swapped(unet, weights):
         assert torch.equal(unet.get_parameter(next(iter(weights))), weights[next(iter(weights))])
     assert isinstance(decoded, UNet2DConditionModel)
 

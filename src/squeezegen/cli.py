@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from squeezegen.errors import UserError
+from squeezegen.formatting import fmt_bytes
 
 app = typer.Typer(
     name="squeezegen",
@@ -114,9 +115,9 @@ def generate(
             prompt, base_dir=base, quant_dir=quantized, seed=seed, steps=steps, size=size,
             guidance_scale=cfg.benchmark.guidance_scale, compute_dtype=cfg.benchmark.compute_dtype,
         )
-        typer.echo("peak memory: " + ", ".join(f"{k}={_fmt_bytes(v)}" for k, v in peaks.items() if isinstance(v, (int, float))))
+        typer.echo("peak memory: " + ", ".join(f"{k}={fmt_bytes(v)}" for k, v in peaks.items() if isinstance(v, (int, float))))
     else:
-        from squeezegen.sd.generate import generate as generate_image
+        from squeezegen.sd.generate import generate_image
 
         image = generate_image(base, prompt, lora_dir=lora, seed=seed, steps=steps, size=size)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,13 +176,13 @@ def sample(
     from squeezegen.rq.generate import RQGenerator
     from squeezegen.rq.pictures import save_grid
 
-    pc = load_config(params).prior
+    prior_cfg = load_config(params).prior
     gen = RQGenerator.load(prior, rqvae, None if no_refine else refiner)
     images, seconds = gen.generate(
         styles=[style] * n, genres=[genre] * n, scores=[score] * n, seed=seed,
-        guidance_scale=pc.guidance_scale if guidance is None else guidance,
-        score_guidance_scale=pc.score_guidance_scale if score_guidance is None else score_guidance,
-        temperature=pc.temperature, top_k=pc.top_k,
+        guidance_scale=prior_cfg.guidance_scale if guidance is None else guidance,
+        score_guidance_scale=prior_cfg.score_guidance_scale if score_guidance is None else score_guidance,
+        temperature=prior_cfg.temperature, top_k=prior_cfg.top_k,
     )
     save_grid(out, images)
     typer.echo(f"wrote {out}: {n} images, {seconds:.3f} s per image ({1 / seconds:.1f} images/s)")
@@ -220,14 +221,6 @@ def export(
     else:
         summary = export_comfy(out, quant_dir=quantized)
     typer.echo(json.dumps(summary, indent=2))
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
 
 
 if __name__ == "__main__":

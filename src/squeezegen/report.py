@@ -9,11 +9,11 @@ relative to `reports/`, where the report lives.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from squeezegen.errors import UserError
+from squeezegen.formatting import fmt_bytes, fmt_db, fmt_num, fmt_ratio, markdown_table
 from squeezegen.metrics_files import merge_perf
 
 # metrics/<name>.json → the stage that writes it
@@ -178,42 +178,6 @@ def headline(metrics: Mapping[str, Mapping[str, Any]], *, rq_image_size: int | N
     }
 
 
-# ---------------------------------------------------------------------------- formatting
-
-
-def fmt_bytes(n: float | None) -> str:
-    """Bytes in binary units: `512 B`, `12.5 KiB`, `340.2 MiB`, `1.60 GiB`; None → `—`."""
-    if n is None:
-        return "—"
-    for unit, scale, digits in (("GiB", 2**30, 2), ("MiB", 2**20, 1), ("KiB", 2**10, 1)):
-        if abs(n) >= scale:
-            return f"{n / scale:,.{digits}f} {unit}"
-    return f"{int(n)} B"
-
-
-def fmt_num(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
-    """`format(x, spec) + suffix`; None or NaN → `—`."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    return f"{format(x, spec)}{suffix}"
-
-
-def fmt_db(x: float | None, *, signed: bool = False) -> str:
-    """Decibels with 2 decimals (`24.31 dB`, `+1.20 dB` when signed)."""
-    return fmt_num(x, "+.2f" if signed else ".2f", " dB")
-
-
-def fmt_ratio(x: float | None) -> str:
-    return fmt_num(x, ".2f", "×")
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub markdown table; cells are str()-ed."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------- report sections
 
 
@@ -255,37 +219,6 @@ def _headline_section(head: Mapping[str, Mapping[str, Any]], metrics: Mapping[st
         budget += f", {fmt_num(rq['compression_vs_rgb'], ',.0f')}× smaller than 8-bit RGB"
     rows.append(["B", "code per image", budget])
     return "## Headline\n\n" + markdown_table(["branch", "what", "value"], rows)
-
-
-def _sd_memory_table(bench: Mapping[str, Any]) -> str:
-    cuda = bench.get("device_type") == "cuda"
-    lp = bench.get("lpips_metric", "lpips")
-    header = ["configuration", "computes in", "VAE on", "placement, CFG, attention", "peak allocated" if cuda else "peak RSS", "vs fp16",
-              "peak reserved" if cuda else "RSS above start", "weights resident", "vs fp16", "s / image",
-              "PSNR vs fp16", f"{lp} vs fp16"]
-    rows = []
-    for name in bench.get("configs", []):
-        m = bench[name]
-        how = ", ".join(str(m.get(k, d)) for k, d in (("placement", "resident"), ("cfg", "batch"), ("attention", "sdpa")))
-        if "skipped" in m:
-            rows.append([f"`{name}`", "—", "—", how, f"skipped: {m['skipped']}", *["—"] * (len(header) - 5)])
-            continue
-        rows.append([
-            f"`{name}`", m.get("compute_dtype", "—"), m.get("vae_device", "—"), how, fmt_bytes(m.get("peak_bytes")),
-            fmt_ratio(m.get("peak_mem_ratio")), fmt_bytes(m.get("peak_reserved") if cuda else m.get("peak_rss_above_baseline")),
-            fmt_bytes(m.get("weights_bytes")), fmt_ratio(m.get("weights_ratio")), fmt_num(m.get("seconds_per_image")),
-            fmt_db(m.get("psnr")) if name != REFERENCE else "—", fmt_num(m.get(lp), ".4f") if name != REFERENCE else "—",
-        ])
-    text = markdown_table(header, rows)
-    ref = bench.get(REFERENCE, {})
-    if "psnr_other_seed" in ref:
-        text += (f"\n\nFor scale: two fp16 images of the same prompt with different seeds are "
-                 f"{fmt_db(ref['psnr_other_seed'])} apart.")
-    if not cuda:
-        text += ("\n\nOn a CPU the peak is the whole process's resident set (Python and libraries included); "
-                 "“RSS above start” subtracts the process before loading, and “weights resident” counts tensor bytes exactly. "
-                 "The `fp16` configuration computes in float32 on a CPU.")
-    return text
 
 
 def _sd_bytes_tables(quant: Mapping[str, Any], bench: Mapping[str, Any]) -> str:
@@ -417,8 +350,10 @@ def build_report(
     """reports/report.md from the upstream metrics and the headline (`headline(metrics)`).
 
     `samples_caption` describes evaluate's own sample grid (prompts, seeds, steps, size);
-    `generation` is the generation section (`squeezegen.generation.generation_markdown`).
+    `generation` is the generation section (`squeezegen.generation.render.generation_markdown`).
     """
+    from squeezegen.sd.benchmark_report import memory_table  # imports torch: kept out of `check_inputs`' path
+
     data, bench, rqvae, refiner = metrics["data"], metrics["benchmark"], metrics["rqvae"], metrics["refiner"]
     arch = bench.get("arch", "pipeline")
     settings = bench.get("settings", {})
@@ -440,7 +375,7 @@ def build_report(
         _headline_section(head, metrics),
         "## A. Compressed Stable Diffusion",
         "### Memory, speed and drift per configuration",
-        _sd_memory_table(bench),
+        memory_table(bench, bench.get("lpips_metric", "lpips")).rstrip("\n"),
         "![peak memory per configuration](benchmark/memory.png)",
         "Peak memory against seconds per image, one point per configuration (lower left is better; squares are "
         "diffusers' own offloading, what a diffusers user would do instead):",

@@ -52,7 +52,7 @@ from squeezegen.checkpointing import (
     save_checkpoint,
 )
 from squeezegen.errors import UserError
-from squeezegen.memory import measure_peak
+from squeezegen.memory.probes import measure_peak
 
 __all__ = ["LoopSettings", "TrainResult", "EpochPermutationSampler", "make_accelerator", "train", "cleanup_checkpoints"]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import BitsAndBytesConfig, CLIPTextModel
 
+from squeezegen.device import default_device
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path
 from squeezegen.logfilters import drop
@@ -23,11 +24,6 @@ _CAST_WARNING = "MatMul8bitLt: inputs will be cast"
 def _silence_cast_warning() -> None:
     """bitsandbytes logs this on every 8-bit matmul whose input is not fp16: expected, not news."""
     drop("bitsandbytes.autograd._functions", _CAST_WARNING)
-
-
-def default_device() -> str:
-    """"cuda" when a GPU is visible, else "cpu"."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _text_encoder_folder(folder: str | os.PathLike) -> Path:
@@ -54,7 +50,7 @@ def quantize_text_encoder_int8(
     model, loaded on `device` (default: cuda if available, else cpu).
     """
     _silence_cast_warning()
-    device = device or default_device()
+    device = device or str(default_device())
     with tempfile.TemporaryDirectory(prefix="text_encoder_") as scratch:
         if isinstance(source, CLIPTextModel):
             source.save_pretrained(scratch)
@@ -78,7 +74,7 @@ def load_text_encoder_int8(
     """Reload a text encoder saved by `quantize_text_encoder_int8` (8-bit weights, on `device`)."""
     _silence_cast_warning()
     folder = _text_encoder_folder(folder)
-    model = CLIPTextModel.from_pretrained(folder, device_map={"": device or default_device()}, dtype=dtype)
+    model = CLIPTextModel.from_pretrained(folder, device_map={"": device or str(default_device())}, dtype=dtype)
     if getattr(model.config, "quantization_config", None) is None:
         raise UserError(f"{folder} holds an unquantized text encoder; run the quantize stage to make the 8-bit one.")
     return model.eval()

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from squeezegen.sd.configurations import GGUF_NAME, TEXT_ENCODER_DIR, default_device, fused_unet_state_dict
+from squeezegen.device import default_device
+from squeezegen.sd.configurations import GGUF_NAME, TEXT_ENCODER_DIR, fused_unet_state_dict
 
 
 def quantize_pipeline(
@@ -38,7 +39,7 @@ def quantize_pipeline(
     from transformers import CLIPTextModel
 
     from squeezegen.files import atomic_path, atomic_write_json
-    from squeezegen.memory import module_bytes
+    from squeezegen.memory.accounting import module_bytes
     from squeezegen.quant.gguf.io import write_unet_gguf
     from squeezegen.quant.int8 import quantize_text_encoder_int8
 

@@ -31,9 +31,16 @@ import torch
 from PIL import Image
 
 from squeezegen.data.captions import GENRES, STYLES, caption_for
-from squeezegen.memory import device_name, free_memory
+from squeezegen.memory.probes import device_name, free_memory
 from squeezegen.quant.codecs.q4k_triton import q4k_decoder
-from squeezegen.sd.configurations import CONFIGS, DEFAULT_TILE_PX, OFFLOAD_PLACEMENTS, SPECS, build_pipeline, generate
+from squeezegen.sd.configurations import (
+    CONFIGS,
+    DEFAULT_TILE_PX,
+    OFFLOAD_PLACEMENTS,
+    SPECS,
+    build_pipeline,
+    generate_measured,
+)
 
 REFERENCE = "fp16"
 WARMUP_SEED_OFFSET = 10_000  # the warm-up image's seed: far from the timed ones
@@ -138,10 +145,10 @@ def _run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
     prompts, seeds = job.timed_inputs()
     common = dict(steps=job.steps, size=job.size, guidance=job.guidance)
     with record_sdpa_backends() as sdpa_calls:  # which attention kernels ran (warm-up only: not timed)
-        warmup = generate(bundle, prompts[:1], [job.seed + WARMUP_SEED_OFFSET], **common)
+        warmup = generate_measured(bundle, prompts[:1], [job.seed + WARMUP_SEED_OFFSET], **common)
     if bundle.residency is not None:
         bundle.residency.trace.clear()  # the trace of the timed images only
-    timed = generate(bundle, prompts, seeds, **common)
+    timed = generate_measured(bundle, prompts, seeds, **common)
     peak = timed.peak()
     load = bundle.load_peak
     trace = bundle.residency.trace.as_dicts() if bundle.residency is not None else None
@@ -219,9 +226,6 @@ def run_configs(configs: Sequence[str], job: BenchmarkJob, *, isolate: bool | No
     return results
 
 
-# ---------------------------------------------------------------------------- drift
-
-
 def _to_tensor(png: bytes) -> torch.Tensor:
     array = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) in [0, 1]
@@ -253,9 +257,6 @@ def image_drift(
     if len(ref) >= 2:
         drift[reference] = {f"{k}_other_seed": v for k, v in compare(ref[:1], ref[1:2]).items()}
     return drift
-
-
-# ---------------------------------------------------------------------------- summary
 
 
 def summarize(
@@ -290,180 +291,3 @@ def summarize(
     )
     out.update(extra or {})
     return out
-
-
-# ---------------------------------------------------------------------------- outputs
-
-
-def _mib(n: float | None) -> str:
-    return "—" if n is None else f"{n / 2**20:,.1f}"
-
-
-def _num(x: float | None, fmt: str) -> str:
-    return "—" if x is None else format(x, fmt)
-
-
-def measured(summary: dict[str, Any]) -> list[str]:
-    """The configurations that ran (not skipped), in order."""
-    return [n for n in summary["configs"] if "skipped" not in summary[n]]
-
-
-def _how(m: dict[str, Any]) -> str:
-    """placement · CFG · attention, in a few words."""
-    parts = [m.get("placement", "resident")]
-    if m.get("text_encoder_on") == "cpu":
-        parts.append("text encoder on CPU")
-    parts += [f"CFG {m.get('cfg', 'batch')}", m.get("attention", "sdpa")]
-    if m.get("vae_tile_px"):
-        parts.append(f"VAE tiles {m['vae_tile_px']} px")
-    if m.get("cuda_graph_stats"):
-        parts.append("UNet step in a CUDA graph")
-    elif m.get("cuda_graph"):
-        parts.append("CUDA graph asked for, none on this device")
-    return ", ".join(parts)
-
-
-def memory_table(summary: dict[str, Any], lpips_name: str = "lpips") -> str:
-    """The benchmark as a markdown table (MiB = 2^20 bytes); skipped configurations say why."""
-    cuda = summary["device_type"] == "cuda"
-    peak_label = "peak allocated (MiB)" if cuda else "peak RSS (MiB)"
-    head = [
-        "configuration", "how", peak_label, "vs fp16", "peak reserved (MiB)" if cuda else "RSS above start (MiB)",
-        "weights resident (MiB)", *(["weights on GPU (MiB)"] if cuda else []), "s / image",
-        "PSNR vs fp16 (dB)", f"{lpips_name} vs fp16",
-    ]
-    lines = [
-        f"Device: {summary['device']} · arch: {summary['arch']} · {summary['settings']['size']} px, "
-        f"{summary['settings']['steps']} steps, guidance {summary['settings']['guidance']}, batch 1"
-        + (f" · Q4_K decode: {summary['q4k_decoder']}" if summary.get("q4k_decoder") else ""),
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for name in summary["configs"]:
-        m = summary[name]
-        if "skipped" in m:
-            lines.append("| " + " | ".join([f"`{name}`", _how(m), f"skipped: {m['skipped']}", *["—"] * (len(head) - 3)]) + " |")
-            continue
-        row = [
-            f"`{name}`",
-            _how(m),
-            _mib(m["peak_bytes"]),
-            _num(m["peak_mem_ratio"], ".2f"),
-            _mib(m["peak_reserved"] if cuda else m.get("peak_rss_above_baseline")),
-            _mib(m["weights_bytes"]),
-            *([_mib(m.get("device_weights_bytes"))] if cuda else []),
-            _num(m["seconds_per_image"], ".2f"),
-            _num(m.get("psnr"), ".1f"),
-            _num(m.get(lpips_name), ".3f"),
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    ref = summary.get(REFERENCE, {})
-    if "psnr_other_seed" in ref:
-        lines += ["", f"Scale: two fp16 images of the same prompt with different seeds differ by "
-                      f"PSNR {ref['psnr_other_seed']:.1f} dB."]
-    kernels = {n: summary[n].get("sdpa_kernels") for n in measured(summary) if summary[n].get("sdpa_kernels") is not None}
-    if kernels:
-        lines += ["", "Attention kernels picked by PyTorch per `scaled_dot_product_attention` call (one image): "
-                  + "; ".join(f"`{n}` " + (", ".join(f"{k} ×{v}" for k, v in k_.items()) or "none (sliced attention)")
-                              for n, k_ in kernels.items()) + "."]
-    notes = sorted({note for n in measured(summary) for note in summary[n].get("notes") or []})
-    lines += ["", *(f"Note: {note}." for note in notes)] if notes else []
-    if not cuda:
-        lines += ["", "CPU: peak RSS is the whole process (Python and libraries included; "
-                      f"measured with {summary[measured(summary)[0]]['rss_method']}); weights resident are exact tensor bytes."]
-    return "\n".join(lines) + "\n"
-
-
-def memory_chart(summary: dict[str, Any], path: str) -> None:
-    """Grouped bars per configuration: peak memory (+ reserved on CUDA) and resident weights."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = measured(summary)
-    cuda = summary["device_type"] == "cuda"
-    series = [("peak allocated" if cuda else "peak RSS", [summary[n]["peak_bytes"] for n in names])]
-    if cuda:
-        series.append(("peak reserved", [summary[n]["peak_reserved"] or 0 for n in names]))
-    series.append(("weights resident", [summary[n]["weights_bytes"] for n in names]))
-    x = np.arange(len(names))
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(2.2 * len(names) + 2, 4.5))
-    for i, (label, values) in enumerate(series):
-        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, np.array(values) / 2**20, width, label=label)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    labels = [_label(n) for n in names]
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylabel("MiB")
-    ax.set_title(f"{summary['arch']} · {summary['settings']['size']} px · {summary['device']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _label(name: str) -> str:
-    return (name.replace("_int8_clip", "\n+ int8 clip").replace("_cpu_vae", "\n+ cpu vae").replace("_tiled_vae", "\n+ tiled vae")
-            .replace("_offload", "\noffload").replace("lean_", "lean\n").replace("_cuda_graph", "\n+ cuda graph"))
-
-
-def frontier_chart(summary: dict[str, Any], path: str) -> None:
-    """Peak memory (x) against seconds per image (y), one labelled point per configuration; skipped
-    configurations are listed under the plot with their reason. Lower left is better."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = measured(summary)
-    cuda = summary["device_type"] == "cuda"
-    x = np.array([summary[n]["peak_bytes"] for n in names], dtype=float) / 2**20
-    y = np.array([summary[n]["seconds_per_image"] for n in names], dtype=float)
-    fig, ax = plt.subplots(figsize=(7.5, 5.0))
-    ours = [n for n in names if summary[n].get("placement") not in OFFLOAD_PLACEMENTS]
-    for group, marker, label in ((ours, "o", "squeezegen configurations"),
-                                 ([n for n in names if n not in ours], "s", "diffusers' offloading (peers)")):
-        idx = [names.index(n) for n in group]
-        if idx:
-            ax.scatter(x[idx], y[idx], marker=marker, s=46, label=label)
-    for xi, yi, name in zip(x, y, names):
-        ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    ax.set_xlabel(("peak allocated" if cuda else "peak RSS (whole process)") + " (MiB)")
-    ax.set_ylabel("seconds per image")
-    ax.set_title(f"{summary['arch']} · {summary['settings']['size']} px · {summary['settings']['steps']} steps · "
-                 f"{summary['device']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-    skipped = summary.get("skipped") or {}
-    if skipped:
-        fig.text(0.01, 0.01, "\n".join(f"skipped {n}: {r[:110]}" for n, r in skipped.items()), fontsize=6, va="bottom")
-    fig.tight_layout(rect=(0, 0.04 * len(skipped), 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def samples_strip(images: dict[str, list[bytes]], path: str, *, index: int = 1) -> None:
-    """One image per configuration (the first timed one), side by side, labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images = {name: pngs for name, pngs in images.items() if pngs}  # skipped configurations drew nothing
-    fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 3.0), squeeze=False)
-    for ax, (name, pngs) in zip(axes[0], images.items()):
-        ax.imshow(Image.open(io.BytesIO(pngs[min(index, len(pngs) - 1)])).convert("RGB"))
-        ax.set_title(name, fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def memory_csv(summary: dict[str, Any]) -> str:
-    """`config,peak_bytes,weights_bytes` rows for the DVC bar plot."""
-    rows = ["config,peak_bytes,weights_bytes"]
-    rows += [f"{n},{summary[n]['peak_bytes']},{summary[n]['weights_bytes']}" for n in measured(summary)]
-    return "\n".join(rows) + "\n"

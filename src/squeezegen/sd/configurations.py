@@ -40,8 +40,10 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from squeezegen.device import default_device
 from squeezegen.errors import UserError
-from squeezegen.memory import PeakMemory, component_bytes, free_memory, measure_peak
+from squeezegen.memory.accounting import component_bytes
+from squeezegen.memory.probes import PeakMemory, free_memory, measure_peak
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,6 @@ DEFAULT_TILE_PX = 256  # tiled VAE decode: tile side in image px (SD 1.5 at 512 
 GGUF_NAME = "unet.gguf"
 TEXT_ENCODER_DIR = "text_encoder"
 PHASES = ("encode", "denoise", "decode")
-
-
-def default_device() -> torch.device:
-    """The first GPU if there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_dtype(device: str | torch.device, compute_dtype: str | torch.dtype) -> torch.dtype:
@@ -343,7 +340,7 @@ def _decode(bundle: PipelineBundle, latents: torch.Tensor) -> Image.Image:
 
 
 @torch.inference_mode()
-def generate(
+def generate_measured(
     bundle: PipelineBundle,
     prompts: Sequence[str],
     seeds: Sequence[int],
@@ -417,7 +414,7 @@ def generate_compressed(
     bundle = build_pipeline(
         config_name, base_dir=base_dir, quant_dir=quant_dir, device=device, compute_dtype=compute_dtype
     )
-    result = generate(bundle, [prompt], [seed], steps=steps, size=size, guidance=guidance_scale)
+    result = generate_measured(bundle, [prompt], [seed], steps=steps, size=size, guidance=guidance_scale)
     peaks = result.peak()
     peaks["weights_bytes"] = bundle.resident_bytes()["total"]["bytes"]
     return result.images[0], peaks

@@ -10,14 +10,12 @@ from typing import Sequence
 
 import torch
 from diffusers import StableDiffusionPipeline
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from squeezegen.data.captions import GENRES, STYLES, caption_for
+from squeezegen.device import default_device
 from squeezegen.errors import UserError
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from squeezegen.pictures import labelled_grid
 
 
 def sample_prompts(n: int, template: str = "{caption}") -> list[str]:
@@ -32,7 +30,7 @@ def load_pipeline(
 
     The adapter stays separate (not fused): `pipe.set_adapters(...)` can still weigh it.
     """
-    device = device or default_device()
+    device = device or str(default_device())
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     if not (Path(base_dir) / "model_index.json").is_file():
         raise UserError(f"{base_dir}: not a diffusers pipeline folder (no model_index.json); run the fetch_base stage first")
@@ -61,7 +59,7 @@ def run_pipeline(
     ).images[0]
 
 
-def generate(
+def generate_image(
     base_dir: str | os.PathLike,
     prompt: str,
     *,
@@ -100,33 +98,3 @@ def before_after_grid(
             for i, prompt in enumerate(prompts)
         ])
     return labelled_grid(rows, row_labels=["base", "base + LoRA"], col_labels=list(prompts))
-
-
-def labelled_grid(rows: list[list[Image.Image]], *, row_labels: Sequence[str], col_labels: Sequence[str]) -> Image.Image:
-    """Paste equal-size images into a grid with a label column on the left and wrapped captions on top."""
-    cell = max(rows[0][0].size[0], 128)  # small toy images are shown upscaled so captions fit above them
-    font = ImageFont.load_default()
-    captions = [_wrap(text, cell // 6) for text in col_labels]
-    label_w, line_h = 90, 12
-    caption_h = line_h * max(c.count("\n") + 1 for c in captions) + 6
-    grid = Image.new("RGB", (label_w + cell * len(rows[0]), caption_h + cell * len(rows)), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, text in enumerate(captions):
-        draw.multiline_text((label_w + c * cell + 3, 2), text, fill="black", font=font, spacing=2)
-    for r, (label, images) in enumerate(zip(row_labels, rows)):
-        draw.text((4, caption_h + r * cell + cell // 2 - 6), label, fill="black", font=font)
-        for c, image in enumerate(images):
-            grid.paste(image.resize((cell, cell), Image.NEAREST), (label_w + c * cell, caption_h + r * cell))
-    return grid
-
-
-def _wrap(text: str, width: int) -> str:
-    """Greedy word wrap at `width` characters."""
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return "\n".join([*lines, line])

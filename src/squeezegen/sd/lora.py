@@ -195,7 +195,7 @@ def estimate_training_bytes(base_dir: str | os.PathLike, settings: LoraSettings,
     per sample (the UNet run on the meta device at `settings.resolution`) times the batch. With
     gradient checkpointing the activations are mostly recomputed, so they count a quarter.
     """
-    from squeezegen.memory import activation_bytes_per_sample
+    from squeezegen.memory.fit import activation_bytes_per_sample
 
     base = Path(base_dir)
     half = torch.device(device).type == "cuda" and settings.mixed_precision in ("fp16", "bf16")

@@ -23,18 +23,19 @@ MEMORY_CSV = Path("metrics/benchmark_memory.csv")
 
 
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
+    from squeezegen.device import default_device
     from squeezegen.files import atomic_path, atomic_write_text
     from squeezegen.image_metrics import load_lpips, lpips_metric_name
     from squeezegen.sd import benchmark as bench
-    from squeezegen.sd.configurations import default_device
+    from squeezegen.sd import benchmark_report as bench_report
 
     cfg = load_config(params, profile=profile)
-    b = cfg.benchmark
+    settings = cfg.benchmark
     device = default_device()
     lpips_pretrained = cfg.refiner.lpips_pretrained  # the profile's LPIPS rule (random backbone offline)
     lpips_name = lpips_metric_name(lpips_pretrained)
     # Everything the stage needs before the first configuration runs (minutes each at full scale).
-    if b.arch != "sd15":
+    if settings.arch != "sd15":
         for folder, stage in [(BASE_DIR, "fetch_base"), (LORA_DIR, "finetune_lora"), (QUANT_DIR, "quantize")]:
             if not folder.is_dir():
                 raise UserError(f"{folder}: not found; run `dvc repro {stage}` first")
@@ -42,7 +43,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     with stage_run("benchmark", cfg) as run:
         extra: dict = {"lpips_metric": lpips_name}
         with tempfile.TemporaryDirectory(prefix="sd15_") as scratch:
-            if b.arch == "sd15":
+            if settings.arch == "sd15":
                 from squeezegen.sd.sd15 import prepare_sd15_files
 
                 base_dir, quant_dir, extra["sd15_quantize"] = prepare_sd15_files(
@@ -57,28 +58,28 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
                 lora_dir=None if lora_dir is None else str(lora_dir),
                 quant_dir=str(quant_dir),
                 device=str(device),
-                compute_dtype=b.compute_dtype,
+                compute_dtype=settings.compute_dtype,
                 seed=cfg.seed,
                 steps=cfg.sd.infer_steps,
-                size=b.size,
-                guidance=b.guidance_scale,
-                repeats=b.repeats,
-                vae_tile_px=b.vae_tile_px,
-                lean_text_encoder=b.lean_text_encoder,
-                tiny_vae=b.tiny_vae,
+                size=settings.size,
+                guidance=settings.guidance_scale,
+                repeats=settings.repeats,
+                vae_tile_px=settings.vae_tile_px,
+                lean_text_encoder=settings.lean_text_encoder,
+                tiny_vae=settings.tiny_vae,
             )
-            results = bench.run_configs(b.configs, job)
+            results = bench.run_configs(settings.configs, job)
 
         images = {name: result["images"] for name, result in results.items()}
         drift = bench.image_drift(images, lpips_net=lpips_net, lpips_name=lpips_name)
-        summary = bench.summarize(results, drift, arch=b.arch, job=job, extra=extra)
+        summary = bench.summarize(results, drift, arch=settings.arch, job=job, extra=extra)
         with atomic_path(REPORT_DIR) as tmp:
             tmp.mkdir(parents=True)
-            bench.memory_chart(summary, str(tmp / "memory.png"))
-            bench.frontier_chart(summary, str(tmp / "frontier.png"))
-            bench.samples_strip(images, str(tmp / "samples.png"))
-            (tmp / "table.md").write_text(bench.memory_table(summary, lpips_name))
-        atomic_write_text(MEMORY_CSV, bench.memory_csv(summary))
+            bench_report.memory_chart(summary, str(tmp / "memory.png"))
+            bench_report.frontier_chart(summary, str(tmp / "frontier.png"))
+            bench_report.samples_strip(images, str(tmp / "samples.png"))
+            (tmp / "table.md").write_text(bench_report.memory_table(summary, lpips_name))
+        atomic_write_text(MEMORY_CSV, bench_report.memory_csv(summary))
         run.write_metrics("benchmark", summary, machine_dependent=memory_perf_keys(device.type))
         for name in ("memory.png", "frontier.png", "samples.png", "table.md"):
             run.log_artifact(REPORT_DIR / name, artifact_path="benchmark")

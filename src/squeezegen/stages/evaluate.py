@@ -42,10 +42,11 @@ def sd_sample_grid(cfg: Config, prompts: list[str], seeds: list[int]):
     import torch
     from PIL import Image
 
+    from squeezegen.device import default_device
     from squeezegen.image_metrics import psnr
-    from squeezegen.memory import free_memory
-    from squeezegen.sd.configurations import build_pipeline, default_device, generate
-    from squeezegen.sd.generate import labelled_grid
+    from squeezegen.memory.probes import free_memory
+    from squeezegen.pictures import labelled_grid
+    from squeezegen.sd.configurations import build_pipeline, generate_measured
 
     device = default_device()
     rows = []
@@ -54,7 +55,7 @@ def sd_sample_grid(cfg: Config, prompts: list[str], seeds: list[int]):
             name, base_dir=BASE_DIR, lora_dir=LORA_DIR, quant_dir=QUANT_DIR, device=device,
             compute_dtype=cfg.benchmark.compute_dtype,
         )
-        result = generate(
+        result = generate_measured(
             bundle, prompts, seeds, steps=cfg.sd.infer_steps, size=cfg.data.sd_size, guidance=cfg.benchmark.guidance_scale
         )
         rows.append(result.images)
@@ -74,12 +75,14 @@ def sd_sample_grid(cfg: Config, prompts: list[str], seeds: list[int]):
 
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen import report
+    from squeezegen.formatting import fmt_bytes, fmt_db, fmt_ratio
 
     cfg = load_config(params, profile=profile)
     report.check_inputs(".")  # before the slow imports: a missing input fails at once
 
     from squeezegen.files import atomic_path, atomic_write_text
-    from squeezegen.generation import generation_markdown, run_generation, with_interval
+    from squeezegen.generation.measure import run_generation
+    from squeezegen.generation.render import generation_markdown, with_interval
     from squeezegen.rq.model import read_rqvae_config
     from squeezegen.sd.generate import sample_prompts
 
@@ -104,7 +107,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             f"Top row: the uncompressed pipeline; bottom row: Q4_K UNet + int8 CLIP + CPU VAE. "
             f"{len(prompts)} LAPIS-style prompts, seeds {seeds[0]}–{seeds[-1]} from left to right, {cfg.data.sd_size} px, "
             f"{cfg.sd.infer_steps} steps, guidance {cfg.benchmark.guidance_scale:g}. "
-            f"Mean PSNR of the bottom row against the top row: {report.fmt_db(grid_psnr)}."
+            f"Mean PSNR of the bottom row against the top row: {fmt_db(grid_psnr)}."
         )
         generation = generation_markdown(headline["gen"], judge=metrics["judge"], profile=cfg.profile)
         text = report.build_report(metrics, headline, profile=cfg.profile, samples_caption=caption, generation=generation)
@@ -116,8 +119,8 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             run.log_artifact(REPORT.parent / picture, str(Path("report", picture).parent))
     sd, rq, gen = headline["sd"], headline["rq"], headline["gen"]["rq_prior"]
     print(
-        f"evaluate: SD peak {report.fmt_ratio(sd['peak_mem_ratio'])} of fp16, UNet {report.fmt_bytes(sd['unet_bytes_gguf'])}; "
-        f"RQ PSNR {report.fmt_db(rq['psnr_unrefined'])} → {report.fmt_db(rq['psnr_refined'])}; RQ generator: judged style "
+        f"evaluate: SD peak {fmt_ratio(sd['peak_mem_ratio'])} of fp16, UNet {fmt_bytes(sd['unet_bytes_gguf'])}; "
+        f"RQ PSNR {fmt_db(rq['psnr_unrefined'])} → {fmt_db(rq['psnr_refined'])}; RQ generator: judged style "
         f"accuracy {with_interval(gen, 'style_acc', '.2f')}, score control {with_interval(gen, 'score_control', '+.1f')}, "
         f"fd_judge {with_interval(gen, 'fd_judge', '.2f')} → {REPORT}"
     )

@@ -26,8 +26,10 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     import datasets
 
     from squeezegen.errors import UserError
-    from squeezegen.files import atomic_path, atomic_write_text
-    from squeezegen.memory import check_memory, free_memory, measure_peak, reset_stage_peak, stage_peak_bytes
+    from squeezegen.files import atomic_path
+    from squeezegen.memory.fit import check_memory
+    from squeezegen.memory.probes import free_memory, measure_peak, reset_stage_peak, stage_peak_bytes
+    from squeezegen.metrics_files import write_history_csv
     from squeezegen.sd.generate import before_after_grid, sample_prompts
     from squeezegen.sd.lora import LoraSettings, estimate_training_bytes, lora_fingerprint, train_lora
     from squeezegen.training import cleanup_checkpoints, make_accelerator
@@ -65,8 +67,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         if not accelerator.is_main_process:
             return {}
         history = result.train.history
-        rows = [f"{h['step']},{h['loss']:.6g}" for h in history]
-        atomic_write_text(LOSS_CSV, "step,loss\n" + "\n".join(rows) + "\n")
+        write_history_csv(LOSS_CSV, history, ["step", "loss"])
 
         # The grid loads its own pipeline from the saved files: drop the trained UNet, its optimizer
         # state and the frozen VAE / CLIP first, or two full models are resident at once.

@@ -28,46 +28,47 @@ QUANT_DIR = Path("models/quantized")
 REPORT_DIR = Path("reports/quantize")
 
 
-def quant_policy(q: QuantizeConfig):
+def quant_policy(qcfg: QuantizeConfig):
     """The GGUF tensor policy from the `quantize:` section."""
     from squeezegen.quant.mix.policy import QuantPolicy
 
     return QuantPolicy(
-        unet_type=q.unet_type,
-        fallback_type=q.fallback_type,
-        keep_type=q.keep_type,
-        keep_patterns=q.keep_patterns,
-        min_elements=q.min_elements,
-        reshape_convs=q.reshape_convs,
+        unet_type=qcfg.unet_type,
+        fallback_type=qcfg.fallback_type,
+        keep_type=qcfg.keep_type,
+        keep_patterns=qcfg.keep_patterns,
+        min_elements=qcfg.min_elements,
+        reshape_convs=qcfg.reshape_convs,
     )
 
 
 def calibration(cfg: Config):
     """The fused (fine-tuned) pipeline and its calibration run on the calibration prompts:
     activation statistics and the UNet's inputs at each step (quant/importance.py)."""
+    from squeezegen.device import default_device
     from squeezegen.quant.mix.importance import calibrate
-    from squeezegen.sd.configurations import default_device, load_fused_pipeline
+    from squeezegen.sd.configurations import load_fused_pipeline
     from squeezegen.sd.generate import sample_prompts
 
-    q = cfg.quantize
+    qcfg = cfg.quantize
     pipe = load_fused_pipeline(BASE_DIR, LORA_DIR).to(default_device())
-    prompts = sample_prompts(q.calib_prompts, cfg.sd.prompt_template)
-    return pipe, calibrate(pipe, prompts, steps=q.calib_steps, size=cfg.data.sd_size, seed=cfg.seed,
-                           guidance_scale=q.calib_guidance)
+    prompts = sample_prompts(qcfg.calib_prompts, cfg.sd.prompt_template)
+    return pipe, calibrate(pipe, prompts, steps=qcfg.calib_steps, size=cfg.data.sd_size, seed=cfg.seed,
+                           guidance_scale=qcfg.calib_guidance)
 
 
-def budget_policy(q: QuantizeConfig, policy, pipe, calib, budgeted: bool) -> tuple:
+def budget_policy(qcfg: QuantizeConfig, policy, pipe, calib, budgeted: bool) -> tuple:
     """The damage estimate per (tensor, type) (quant/mixed.py), and if `budgeted` the policy
     with one type per tensor under the budget; (policy, figures, mix)."""
     from squeezegen.quant.mix.assign import estimate_mix, mixed_policy, summary
     from squeezegen.quant.mix.knapsack import budget_from_config
 
-    mix = estimate_mix(pipe.unet, calib.subset(q.sensitivity_samples), policy, types=q.candidate_types,
-                       mode=q.sensitivity, validate=q.sensitivity == "measured")
-    figures = {"sensitivity": q.sensitivity, "sensitivity_rank_correlation": mix.validation}
+    mix = estimate_mix(pipe.unet, calib.subset(qcfg.sensitivity_samples), policy, types=qcfg.candidate_types,
+                       mode=qcfg.sensitivity, validate=qcfg.sensitivity == "measured")
+    figures = {"sensitivity": qcfg.sensitivity, "sensitivity_rank_correlation": mix.validation}
     if not budgeted:
         return policy, figures, mix
-    budget = budget_from_config(budget_bytes=q.budget_bytes, budget_bpw=q.budget_bpw, fixed_bytes=mix.fixed_bytes,
+    budget = budget_from_config(budget_bytes=qcfg.budget_bytes, budget_bpw=qcfg.budget_bpw, fixed_bytes=mix.fixed_bytes,
                                 allocatable_params=sum(c.n_params for c in mix.choices.values()))
     types = mix.allocate(budget)
     figures |= {"budget_bytes": budget, "allocation": summary(mix, types)}
@@ -80,11 +81,11 @@ def baselines(cfg: Config, policy, pipe, mix) -> dict:
     from squeezegen.quant.mix.baselines import compare_on_heldout, heldout_prompt_indices
     from squeezegen.sd.generate import sample_prompts
 
-    q = cfg.quantize
-    prompts = sample_prompts(2 * q.calib_prompts, cfg.sd.prompt_template)
-    return compare_on_heldout(pipe, mix, policy, [prompts[i] for i in heldout_prompt_indices(q.calib_prompts)],
-                              steps=q.calib_steps, size=cfg.data.sd_size, seed=cfg.seed + 1,
-                              guidance_scale=q.calib_guidance)
+    qcfg = cfg.quantize
+    prompts = sample_prompts(2 * qcfg.calib_prompts, cfg.sd.prompt_template)
+    return compare_on_heldout(pipe, mix, policy, [prompts[i] for i in heldout_prompt_indices(qcfg.calib_prompts)],
+                              steps=qcfg.calib_steps, size=cfg.data.sd_size, seed=cfg.seed + 1,
+                              guidance_scale=qcfg.calib_guidance)
 
 
 def bits_report(manifest: dict, min_elements: int) -> None:
@@ -105,26 +106,26 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.quant.pipeline import quantize_pipeline
 
     cfg = load_config(params, profile=profile)
-    q = cfg.quantize
+    qcfg = cfg.quantize
     if not BASE_DIR.is_dir():
         raise UserError(f"{BASE_DIR}: base pipeline not found; run `dvc repro fetch_base` first")
     if not LORA_FILE.is_file():
         raise UserError(f"{LORA_FILE}: LoRA weights not found; run `dvc repro finetune_lora` first")
-    policy = quant_policy(q)
-    budgeted = q.budget_bpw is not None or q.budget_bytes is not None
+    policy = quant_policy(qcfg)
+    budgeted = qcfg.budget_bpw is not None or qcfg.budget_bytes is not None
     with stage_run("quantize", cfg) as run:
-        extra: dict = {"importance": q.importance, "mixed": budgeted}
-        if q.importance == "activations" or budgeted or q.baselines:
+        extra: dict = {"importance": qcfg.importance, "mixed": budgeted}
+        if qcfg.importance == "activations" or budgeted or qcfg.baselines:
             start = time.perf_counter()
             pipe, calib = calibration(cfg)
             extra |= {"calib_samples": calib.n_samples, "calib_seconds": time.perf_counter() - start}
-            if q.importance == "activations":
+            if qcfg.importance == "activations":
                 policy = dataclasses.replace(policy, importance=calib.importance)
-            if budgeted or q.baselines:
+            if budgeted or qcfg.baselines:
                 start = time.perf_counter()
-                policy, figures, mix = budget_policy(q, policy, pipe, calib, budgeted)
+                policy, figures, mix = budget_policy(qcfg, policy, pipe, calib, budgeted)
                 extra |= figures | {"allocation_seconds": time.perf_counter() - start}
-            if q.baselines:
+            if qcfg.baselines:
                 start = time.perf_counter()
                 extra |= {"baselines": baselines(cfg, policy, pipe, mix), "baselines_seconds": time.perf_counter() - start}
             del pipe
@@ -133,8 +134,8 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             QUANT_DIR,
             policy=policy,
             lora_dir=LORA_DIR,
-            text_encoder_8bit=q.text_encoder_8bit,
-            key_format=q.key_format,
+            text_encoder_8bit=qcfg.text_encoder_8bit,
+            key_format=qcfg.key_format,
             metadata={
                 "base_model": cfg.sd.base,
                 "lora_sha256": sha256_file(LORA_FILE),
@@ -142,7 +143,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
                 "squeezegen_version": squeezegen.__version__,
             },
         )
-        bits_report(manifest, q.min_elements)
+        bits_report(manifest, qcfg.min_elements)
         metrics |= extra
         run.write_metrics("quantize", metrics)
         run.log_artifact(QUANT_DIR / "manifest.json")

@@ -28,9 +28,9 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     import hashlib
     import json
 
-    from squeezegen.files import atomic_write_text
     from squeezegen.judge.model import count_parameters, save_judge
     from squeezegen.judge.train import evaluate_judge, load_judge_data, score_scale, train_judge
+    from squeezegen.metrics_files import write_history_csv
     from squeezegen.training import cleanup_checkpoints, cosine_settings, make_accelerator
 
     cfg = load_config(params, profile=profile)
@@ -62,9 +62,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             steps_per_s=round(result.steps_per_s, 3),
             peak_mem_bytes=result.peak_mem_bytes,
         )
-        rows = [",".join("" if e.get(c) is None else str(e[c]) if c == "step" else f"{e[c]:.6g}" for c in LOSS_COLUMNS)
-                for e in result.history]
-        atomic_write_text(LOSS_CSV, "\n".join([",".join(LOSS_COLUMNS), *rows]) + "\n")
+        write_history_csv(LOSS_CSV, result.history, LOSS_COLUMNS)
         run.write_metrics("judge", metrics, machine_dependent=memory_perf_keys(accelerator.device.type))
         cleanup_checkpoints(CHECKPOINT_DIR)
     shown = {k: "n/a" if metrics[k] is None else f"{metrics[k]:.3f}" for k in ("style_acc", "genre_acc", "score_mae", "score_r2")}

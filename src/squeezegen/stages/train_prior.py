@@ -47,11 +47,11 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.training import cleanup_checkpoints, cosine_settings, make_accelerator
 
     cfg = load_config(params, profile=profile)
-    pc = cfg.prior
+    prior_cfg = cfg.prior
     if not (RQVAE_DIR / WEIGHTS_FILE).is_file():
         raise UserError(f"{RQVAE_DIR}: no trained RQ-VAE; run `dvc repro train_rqvae` first")
     with stage_run("train_prior", cfg) as run:
-        accelerator = make_accelerator(cosine_settings(pc, seed=cfg.seed))
+        accelerator = make_accelerator(cosine_settings(prior_cfg, seed=cfg.seed))
         device = accelerator.device
         rqvae = load_rqvae(RQVAE_DIR, device).requires_grad_(False)
         splits = {}
@@ -61,11 +61,11 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             splits[split] = (codes, load_conditions(PROCESSED_DIR, split))
         train_codes, (styles, genres, scores) = splits["train"]
         side = images.shape[-1] // rqvae.downsample
-        spec = prior_spec(pc, rqvae=rqvae, styles=styles, genres=genres, grid_hw=(side, side))
+        spec = prior_spec(prior_cfg, rqvae=rqvae, styles=styles, genres=genres, grid_hw=(side, side))
         train_codes = prior_data(spec, rqvae, train_codes)
         train_cond = condition_tensors(spec, styles, genres, scores)
         result = train_prior(
-            cfg=pc,
+            cfg=prior_cfg,
             spec=spec,
             seed=cfg.seed,
             codes=train_codes,
@@ -81,7 +81,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         if not accelerator.is_main_process:
             return {}
         model = result.model.eval()
-        save_prior(model, MODEL_DIR, meta={"image_size": int(images.shape[-1]), "steps": pc.max_steps,
+        save_prior(model, MODEL_DIR, meta={"image_size": int(images.shape[-1]), "steps": prior_cfg.max_steps,
                                            "rqvae_sha256": sha256_file(RQVAE_DIR / WEIGHTS_FILE)})
         val_codes, val_meta = splits["val"]
         val_codes = prior_data(spec, rqvae, val_codes)

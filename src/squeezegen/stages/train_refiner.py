@@ -31,7 +31,7 @@ def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
 
     import torch
 
-    from squeezegen.memory import activation_bytes_per_sample
+    from squeezegen.memory.fit import activation_bytes_per_sample
     from squeezegen.rq.recon_train import make_refiner_loss
     from squeezegen.rq.refiner import Refiner
 
@@ -57,7 +57,8 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.errors import UserError
     from squeezegen.files import fingerprint, sha256_file, tensor_hash
     from squeezegen.image_metrics import load_lpips
-    from squeezegen.memory import check_memory, reset_stage_peak, stage_peak_bytes
+    from squeezegen.memory.fit import check_memory
+    from squeezegen.memory.probes import reset_stage_peak, stage_peak_bytes
     from squeezegen.metrics_files import write_history_csv
     from squeezegen.model_folder import WEIGHTS_FILE
     from squeezegen.rq.evaluation import evaluate_refiner, progressive_rows

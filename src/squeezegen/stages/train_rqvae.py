@@ -32,7 +32,7 @@ def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
     import torch
 
     from squeezegen.image_metrics import lpips_distance
-    from squeezegen.memory import activation_bytes_per_sample
+    from squeezegen.memory.fit import activation_bytes_per_sample
     from squeezegen.rq.recon_train import build_rqvae
 
     rq, size = cfg.rqvae, cfg.data.rq_size
@@ -58,7 +58,8 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.errors import UserError
     from squeezegen.files import atomic_write_text, fingerprint, tensor_hash
     from squeezegen.image_metrics import load_lpips, lpips_metric_name
-    from squeezegen.memory import check_memory, reset_stage_peak, stage_peak_bytes
+    from squeezegen.memory.fit import check_memory
+    from squeezegen.memory.probes import reset_stage_peak, stage_peak_bytes
     from squeezegen.metrics_files import write_history_csv
     from squeezegen.rq.evaluation import evaluate_rqvae, progressive_rows
     from squeezegen.rq.model import count_parameters, save_rqvae

@@ -14,10 +14,11 @@ drift is measured on what the file would hold.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -128,28 +129,24 @@ def weights_for(unet: nn.Module, mix: Mix, types: Mapping[str, str], policy: Qua
     return out
 
 
-class swapped:
-    """Context manager: `unet`'s tensors replaced by `weights` (restored on exit)."""
-
-    def __init__(self, unet: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
-        self.unet, self.weights, self.saved = unet, weights, {}
-
-    def __enter__(self) -> nn.Module:
-        state = self.unet.state_dict()
-        for name, w in self.weights.items():
-            self.saved[name] = state[name].detach().clone()
-            state[name].data.copy_(w.to(state[name].device, state[name].dtype))
-        return self.unet
-
-    def __exit__(self, *exc) -> None:
-        state = self.unet.state_dict()
-        for name, w in self.saved.items():
+@contextlib.contextmanager
+def weights_swapped(unet: nn.Module, weights: Mapping[str, torch.Tensor]) -> Iterator[nn.Module]:
+    """`unet` with the tensors named in `weights` replaced by them, restored on exit."""
+    state = unet.state_dict()
+    saved = {}
+    for name, w in weights.items():
+        saved[name] = state[name].detach().clone()
+        state[name].data.copy_(w.to(state[name].device, state[name].dtype))
+    try:
+        yield unet
+    finally:
+        for name, w in saved.items():
             state[name].data.copy_(w)
 
 
 def output_drift(unet: nn.Module, weights: Mapping[str, torch.Tensor], inputs, reference: torch.Tensor) -> float:
     """Relative RMSE ‖f_q − f‖ / ‖f‖ of the noise prediction on `inputs`."""
-    with swapped(unet, weights):
+    with weights_swapped(unet, weights):
         out = unet_output(unet, inputs)
     return float((out - reference).norm() / reference.norm())
 

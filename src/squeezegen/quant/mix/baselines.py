@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from squeezegen.quant.mix.assign import Mix, output_drift, rule_types, summary, swapped, uniform_types, weights_for
+from squeezegen.quant.mix.assign import (
+    Mix,
+    output_drift,
+    rule_types,
+    summary,
+    uniform_types,
+    weights_for,
+    weights_swapped,
+)
 from squeezegen.quant.mix.importance import unet_output
 from squeezegen.quant.mix.policy import QuantPolicy
 
@@ -63,7 +71,7 @@ def pipeline_renderer(pipe: Any, prompts, *, steps: int, size: int, seed: int,
     reference = render()
 
     def image_psnr(weights: Mapping[str, torch.Tensor]) -> float:
-        with swapped(pipe.unet, weights):
+        with weights_swapped(pipe.unet, weights):
             return psnr_db(render(), reference)
 
     return image_psnr

@@ -29,12 +29,19 @@ import torch
 
 from squeezegen.data.captions import caption_for
 from squeezegen.judge import FrechetReference, judge_images
+from squeezegen.pictures import labelled_grid
 from squeezegen.stats import REPLICATES, bootstrap_intervals, take
 
 SCORE_HIGH, SCORE_LOW = 80.0, 30.0  # the score-control pair
+
+
 PICTURE_SCORES = (20.0, 50.0, 80.0)  # one picture row per score for the RQ prior
 PICTURE_COLUMNS = 8  # conditions shown in the pictures
+
+
 GRID_STYLES, GRID_GENRES = 6, 7  # the style × genre picture: the val split's most frequent styles (rows) × genres
+
+
 GRID_SCORE = 80.0  # the score every cell of the style × genre picture asks for
 SEED_STRIDE = 10_000  # sampling seed j = seed + SEED_STRIDE·j: SD's per-condition seeds (+ i) never collide for n < this
 FRECHET_FIGURES = ("fd_judge", "fd_position")  # figures whose bootstrap replicates are biased upward (see generation_intervals)
@@ -241,7 +248,6 @@ PROGRESSIVE_SAMPLES = 4  # samples in the progressive picture
 
 def progressive_samples(gen, cond: Conditions, settings: SamplingSettings):
     """Samples decoded from their first 1, 2, … L levels, then refined: one picture row per sample."""
-    from squeezegen.sd.generate import labelled_grid
 
     k = min(PROGRESSIVE_SAMPLES, len(cond))
     codes = gen.sample(styles=cond.styles[:k], genres=cond.genres[:k], scores=cond.scores[:k], seed=settings.seed + 4,
@@ -264,7 +270,6 @@ def most_frequent(names: Sequence[str], count: int) -> list[str]:
 def style_genre_picture(gen, val_cond: Conditions, settings: SamplingSettings):
     """The RQ generator at score GRID_SCORE, one sample per cell: the val split's most frequent styles
     (rows) × most frequent genres (columns), one seed → a labelled PIL grid."""
-    from squeezegen.sd.generate import labelled_grid
 
     styles, genres = most_frequent(val_cond.styles, GRID_STYLES), most_frequent(val_cond.genres, GRID_GENRES)
     codes = gen.sample(styles=[s for s in styles for _ in genres], genres=genres * len(styles),
@@ -282,14 +287,15 @@ def evaluate_sd(
 ) -> tuple[Verdicts, float, torch.Tensor]:
     """One SD configuration on the conditions' captions, once per sampling seed (seed + i for the i-th
     condition) → (Verdicts, seconds per image, the first seed's first PICTURE_COLUMNS uint8 images)."""
-    from squeezegen.memory import free_memory
-    from squeezegen.sd.configurations import build_pipeline, default_device, generate
+    from squeezegen.device import default_device
+    from squeezegen.memory.probes import free_memory
+    from squeezegen.sd.configurations import build_pipeline, generate_measured
 
     device = default_device()
     bundle = build_pipeline(config_name, base_dir=base_dir, lora_dir=lora_dir, quant_dir=quant_dir, device=device,
                             compute_dtype=compute_dtype)
     n = len(cond)
-    result = generate(bundle, cond.captions * len(seeds), [s + i for s in seeds for i in range(n)], steps=steps, size=size,
+    result = generate_measured(bundle, cond.captions * len(seeds), [s + i for s in seeds for i in range(n)], steps=steps, size=size,
                       guidance=guidance)
     seconds = float(np.mean(result.seconds))
     per_seed = [torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in result.images[j * n : (j + 1) * n]]))
@@ -328,7 +334,6 @@ def run_generation(cfg, *, processed_dir: Path, judge_dir: Path, prior_dir: Path
     """Every generator on the same n val conditions × k sampling seeds → (`gen` metrics, {file name: PIL picture})."""
     from squeezegen.judge import load_judge
     from squeezegen.rq.generate import RQGenerator
-    from squeezegen.sd.generate import labelled_grid
 
     judge = load_judge(judge_dir)
     val_images, val_cond = load_split(processed_dir, "val")
@@ -342,9 +347,9 @@ def run_generation(cfg, *, processed_dir: Path, judge_dir: Path, prior_dir: Path
 
     gen = RQGenerator.load(prior_dir, rqvae_dir, refiner_dir)
     train_codes = gen.encode(train_images)  # the marginal baseline's frequencies
-    pc = cfg.prior
-    settings = SamplingSettings(seed=cfg.seed, guidance_scale=pc.guidance_scale, score_guidance_scale=pc.score_guidance_scale,
-                                temperature=pc.temperature, top_k=pc.top_k)
+    prior_cfg = cfg.prior
+    settings = SamplingSettings(seed=cfg.seed, guidance_scale=prior_cfg.guidance_scale, score_guidance_scale=prior_cfg.score_guidance_scale,
+                                temperature=prior_cfg.temperature, top_k=prior_cfg.top_k)
     rq_verdicts, score_pair, seconds, shown = evaluate_rq(gen, train_codes, cond, settings, judge, seeds=seeds)
     verdicts.update(rq_verdicts)
     for name, config_name in SD_CONFIGS.items():
@@ -390,88 +395,3 @@ def run_generation(cfg, *, processed_dir: Path, judge_dir: Path, prior_dir: Path
         "rq_progressive.png": progressive_samples(gen, cond, settings),
     }
     return metrics, pictures
-
-
-GENERATOR_ROWS = (  # (key, label) in table order
-    ("real_train", "real images (train split): the floor"),
-    ("rq_prior", "**RQ generator** (prior + RQ-VAE + refiner)"),
-    ("rq_prior_norefine", "RQ generator without refiner"),
-    ("rq_marginal", "independent codes + RQ-VAE + refiner: the baseline"),
-    ("sd", "SD + LoRA, uncompressed"),
-    ("sd_compressed", "SD + LoRA, Q4_K UNet + int8 CLIP + CPU VAE"),
-)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def _mib(value: Any) -> str:
-    return "—" if value is None else f"{value / 2**20:.2f} MiB"
-
-
-def with_interval(row: Mapping[str, Any], figure: str, spec: str) -> str:
-    """`0.42 [0.35, 0.49]`: a row's figure and its 95% interval (the bare figure without one, `—` without either)."""
-    value, interval = row.get(figure), row.get("ci95", {}).get(figure)
-    if value is None or interval is None:
-        return _fmt(value, spec)
-    return f"{value:{spec}} [{interval['lo']:{spec}}, {interval['hi']:{spec}}]"
-
-
-def _design_sentence(design: Mapping[str, Any]) -> str:
-    """What the RQ generator is: its prior's kind and the RQ-VAE's levels."""
-    sides = design.get("rqvae_scales") or []
-    if not sides:
-        return ""
-    grids = " → ".join(f"{s}×{s}" for s in sides) if len(set(sides)) > 1 else f"{len(sides)} levels of {sides[0]}×{sides[0]}"
-    how = ("a next-scale prior draws one level per pass" if design.get("prior_kind") == "next_scale"
-           else "an RQ-Transformer draws them position by position, level by level")
-    return f"**Design.** The RQ-VAE's codes are {grids} ({design.get('codes_per_image')} codes per image); {how}."
-
-
-def generation_markdown(gen: dict[str, Any], *, judge: dict[str, Any], profile: str) -> str:
-    """The report's generation section from evaluate's `gen` metrics and metrics/judge.json."""
-    rows = ["| generator | params | on disk | s / image | style acc | genre acc | judged score | fd_judge |",
-            "|---|---|---|---|---|---|---|---|"]
-    for key, label in GENERATOR_ROWS:
-        m = gen.get(key, {})
-        rows.append(f"| {label} | {_fmt(m.get('params'), ',')} | {_mib(m.get('bytes'))} | {_fmt(m.get('seconds_per_image'), '.3f')} "
-                    f"| {with_interval(m, 'style_acc', '.2f')} | {with_interval(m, 'genre_acc', '.2f')} "
-                    f"| {with_interval(m, 'score_mean', '.1f')} | {with_interval(m, 'fd_judge', '.2f')} |")
-    rq, val = gen.get("rq_prior", {}), gen.get("judge_on_val", {})
-    sampling = rq.get("sampling", {})
-    n, n_seeds = gen.get("n", "?"), gen.get("n_seeds", 1)
-    toy = ("\n\nOn the toy profile the SD base is a tiny randomly initialised pipeline (60 LoRA steps), so its rows "
-           "are near chance: they prove the code path, not SD's quality." if profile == "toy" else "")
-    return "\n\n".join([
-        "## C. Generation: the RQ generator next to Stable Diffusion",
-        f"Every generator is asked for the same {n} conditions, once per sampling seed ({n_seeds} seeds): the first "
-        f"validation images' style, genre and aesthetic score (SD gets their captions, e.g. \"a cubist portrait painting\"). "
-        f"A judge trained on real images only (val style accuracy {_fmt(judge.get('style_acc'), '.2f')}, genre accuracy "
-        f"{_fmt(judge.get('genre_acc'), '.2f')}, score R² {_fmt(judge.get('score_r2'), '.2f')}) reads every sample. `fd_judge` "
-        f"is the Fréchet distance to the validation images in the judge's feature space — not FID; lower is closer to real. "
-        f"On real validation images the judge reads the style {_fmt(val.get('style_acc'), '.2f')} and the genre "
-        f"{_fmt(val.get('genre_acc'), '.2f')} of the time.{toy}",
-        f"Each figure is followed by its 95% interval [lo, hi]: a percentile bootstrap ({REPLICATES} replicates) over the "
-        f"{n} conditions × {n_seeds} seeds — conditions and seeds drawn with replacement, every figure recomputed on the "
-        f"samples drawn (the real-image row has no seeds; the judge's own accuracy on real images is held fixed). "
-        f"Duplicated samples inflate a Fréchet distance, so the `fd_judge` and fd-position intervals are shifted by the "
-        f"bootstrap's estimate of that bias.",
-        "\n".join(rows),
-        _design_sentence(rq.get("design", {})),
-        f"**Score control.** The RQ generator samples with classifier-free guidance {_fmt(sampling.get('guidance_scale'), 'g')} "
-        f"and score guidance {_fmt(sampling.get('score_guidance_scale'), 'g')} (toward the asked score, away from 100 − score). "
-        f"Asked for a score of {SCORE_HIGH:.0f}, its samples are judged "
-        f"{with_interval(rq, 'score_high', '.1f')}; asked for {SCORE_LOW:.0f}, {with_interval(rq, 'score_low', '.1f')} "
-        f"(difference {with_interval(rq, 'score_control', '+.1f')} points). Its style accuracy is "
-        f"{with_interval(rq, 'style_acc_vs_real', '.2f')} times the judge's on real images, and its `fd_judge` sits at "
-        f"{with_interval(rq, 'fd_position', '.2f')} of the way from the real-image floor (0) to the independent-codes baseline (1).",
-        "![one row per generator, same conditions](evaluate/generation.png)",
-        "The RQ generator asked for the same styles and genres at three aesthetic scores:",
-        "![RQ generator at scores 20, 50, 80](evaluate/rq_scores.png)",
-        f"The RQ generator asked for a score of {GRID_SCORE:.0f}, one sample per cell (one seed): the validation split's "
-        f"most frequent styles (rows, up to {GRID_STYLES}) × its most frequent genres (columns, up to {GRID_GENRES}):",
-        f"![RQ generator, style × genre at score {GRID_SCORE:.0f}](evaluate/style_genre.png)",
-        "Samples decoded from their first levels only (coarse to fine), then refined:",
-        "![RQ generator samples, level by level](evaluate/rq_progressive.png)",
-    ])

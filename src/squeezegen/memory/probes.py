@@ -1,4 +1,4 @@
-"""Memory probes: peak device memory of a block of code, and exact resident bytes per component.
+"""Memory probes: the peak memory of a block of code on CUDA or the CPU, and of a whole stage.
 
 On CUDA the caching allocator keeps exact counters: `reset_peak_memory_stats()` before, then
 `max_memory_allocated()` (bytes held by live tensors at the worst moment) and
@@ -9,48 +9,30 @@ process's peak resident set, is reset to the current RSS by writing "5" to
 `/proc/self/clear_refs` (Linux ≥ 4.0). Where that write is not permitted (some containers,
 non-Linux), the probe falls back to sampling `VmRSS` on a thread every few milliseconds (which
 may miss a spike shorter than the interval) and says so in `PeakMemory.method`. The peak RSS is
-a whole-process number (Python, libraries, allocator slack): `component_bytes` gives the exact
-bytes of the tensors each pipeline component keeps resident.
+a whole-process number (Python, libraries, allocator slack): `accounting.component_bytes` gives
+the exact bytes of the tensors each pipeline component keeps resident.
 
 Probes reset the counters, so a stage that measures a phase (training, a sample grid) would lose
 what came before; each reset first folds the peak so far into a per-device high-water mark, and
 `stage_peak_bytes` (since `reset_stage_peak`) reports the whole stage however many phases it measured.
-
-Before a heavy stage starts, `check_memory` compares an estimate of what it will need with what
-the machine has free, and stops with the knob to lower instead of letting the kernel's
-out-of-memory killer end the run hours in. `activation_bytes_per_sample` makes the estimate cheap:
-it runs the model on the meta device (no memory, no arithmetic) and sums what autograd saves
-for the backward pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import re
 import resource
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator
 
 import torch
-from torch import nn
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
-PROC_MEMINFO = Path("/proc/meminfo")
-CGROUP_DIR = Path("/sys/fs/cgroup")  # cgroup v2: a container's own limit may be far below the host's RAM
-SKIP_CHECK_ENV = "SQUEEZEGEN_SKIP_MEMORY_CHECK"  # =1: run even when the estimate says it will not fit
-# Saved activations × this ≈ what training holds for them at its worst (the backward pass's own
-# buffers, kernels' workspace). Calibrated on SD 1.5 LoRA: H100, 512 px, batch 4, fp16 (6.44 GiB
-# measured, 6.3 estimated) and the 2-core CPU, 256 px, batch 4, fp32 (6.08 GiB, 6.2 estimated).
-ACTIVATION_SLACK = 1.25
 SAMPLE_INTERVAL_S = 0.002  # RSS sampling period of the fallback probe
-
-
-# ---------------------------------------------------------------------------- /proc readers
 
 
 def _status_bytes(key: str) -> int | None:
@@ -108,9 +90,6 @@ class _RSSSampler:
         self._thread.join()
 
 
-# ---------------------------------------------------------------------------- device names
-
-
 def device_name(device: str | torch.device) -> str:
     """A human-readable name of the device numbers were measured on."""
     device = torch.device(device)
@@ -122,9 +101,6 @@ def device_name(device: str | torch.device) -> str:
         if match:
             cpu = match.group(1).strip()
     return f"cpu: {cpu}"
-
-
-# ---------------------------------------------------------------------------- the probe
 
 
 @dataclass
@@ -221,12 +197,10 @@ def measure_peak(device: str | torch.device = "cpu") -> Iterator[PeakMemory]:
                 result.peak_rss = peak_rss()
 
 
-# ---------------------------------------------------------------------------- whole-stage peak
-
 _high_water: dict[str, int] = {}  # device → highest peak read before the counters were last reset
 
 
-def _device_key(device: str | torch.device) -> torch.device:
+def as_device(device: str | torch.device) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -242,13 +216,13 @@ def _counter_peak(device: torch.device) -> int:
 
 
 def _fold(device: str | torch.device) -> None:
-    device = _device_key(device)
+    device = as_device(device)
     _high_water[str(device)] = max(_high_water.get(str(device), 0), _counter_peak(device))
 
 
 def reset_stage_peak(device: str | torch.device = "cpu") -> None:
     """Start a stage's memory window: forget earlier peaks and reset the counters to now."""
-    device = _device_key(device)
+    device = as_device(device)
     _high_water.pop(str(device), None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -259,104 +233,9 @@ def reset_stage_peak(device: str | torch.device = "cpu") -> None:
 def stage_peak_bytes(device: str | torch.device = "cpu") -> int:
     """Peak memory since `reset_stage_peak` (or process start), across every `measure_peak` in
     between: CUDA bytes allocated by tensors, or the CPU process's peak RSS."""
-    device = _device_key(device)
+    device = as_device(device)
     _synchronize(device)
     return max(_high_water.get(str(device), 0), _counter_peak(device))
-
-
-# ---------------------------------------------------------------------------- will it fit?
-
-
-def available_bytes(device: str | torch.device = "cpu") -> int | None:
-    """Memory a new allocation can still get: free CUDA memory, or MemAvailable capped by the
-    cgroup (container) limit; None where the system does not say."""
-    device = _device_key(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        match = re.search(r"^MemAvailable:\s+(\d+)\s+kB", PROC_MEMINFO.read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    free = int(match.group(1)) * 1024 if match else None
-    with contextlib.suppress(OSError, ValueError):
-        limit = (CGROUP_DIR / "memory.max").read_text().strip()
-        if limit != "max":
-            in_group = int(limit) - int((CGROUP_DIR / "memory.current").read_text())
-            free = in_group if free is None else min(free, in_group)
-    return free
-
-
-def check_memory(need_bytes: int, device: str | torch.device, *, what: str, knobs: Sequence[str]) -> None:
-    """UserError when `need_bytes` (an estimate) exceeds the memory free on `device`, naming the
-    `knobs` that lower it. `SQUEEZEGEN_SKIP_MEMORY_CHECK=1` turns the check off."""
-    from squeezegen.errors import UserError
-
-    free = available_bytes(device)
-    if free is None or os.environ.get(SKIP_CHECK_ENV) == "1" or need_bytes <= free:
-        return
-    kind = "GPU memory" if torch.device(device).type == "cuda" else "RAM"
-    raise UserError(
-        f"{what} needs an estimated {need_bytes / 2**30:.1f} GiB of {kind}, {free / 2**30:.1f} GiB is free. "
-        f"Lower {' or '.join(knobs)} (e.g. `dvc exp run -S <key>=<smaller>`), free memory, or use a larger "
-        f"machine; {SKIP_CHECK_ENV}=1 runs anyway."
-    )
-
-
-class _FusedAttentionSaves(torch.autograd.Function):
-    """Stands in for a fused attention kernel's backward record: q, k, v and the output, never the
-    (tokens × tokens) attention matrix that the meta device's reference path would save."""
-
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(q, k, v, out)
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple:  # never run: estimates only go forward
-        raise NotImplementedError
-
-
-@contextlib.contextmanager
-def _fused_attention() -> Iterator[None]:
-    """On meta tensors `scaled_dot_product_attention` takes the math path, which saves the attention
-    matrix (1 GiB per SD 1.5 layer at 512 px); CPU and CUDA runs use fused kernels that do not."""
-    import torch.nn.functional as F
-
-    real = F.scaled_dot_product_attention
-
-    def fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with torch.no_grad():
-            out = real(q, k, v, *args, **kwargs)
-        return _FusedAttentionSaves.apply(q, k, v, out)
-
-    F.scaled_dot_product_attention = fused
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = real
-
-
-def activation_bytes_per_sample(forward: Callable[[int], Any]) -> int:
-    """Bytes autograd keeps for the backward pass per sample, from `forward(batch)` run on meta tensors.
-
-    `forward(b)` must build its inputs on the meta device with batch size `b` and run the model
-    (also on meta) with gradients on. The difference between batch 2 and batch 1 cancels what
-    does not grow with the batch (weights saved for the backward pass). Attention counts as a
-    fused kernel saves it. The result includes `ACTIVATION_SLACK` for the backward pass's buffers.
-    """
-    def saved(batch: int) -> int:
-        total = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad(), _fused_attention():
-            forward(batch)
-        return total
-
-    return int(max(saved(2) - saved(1), 0) * ACTIVATION_SLACK)
 
 
 def free_memory(device: str | torch.device | None = None) -> None:
@@ -367,54 +246,3 @@ def free_memory(device: str | torch.device | None = None) -> None:
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-
-
-# ---------------------------------------------------------------------------- resident tensors
-
-
-def tensor_bytes(tensors: Iterator[torch.Tensor] | list[torch.Tensor]) -> int:
-    """Bytes of distinct tensors (shared storage counted once), including bitsandbytes' int8
-    row scales that hang off a weight as `.SCB` rather than being a parameter or buffer."""
-    seen: set[tuple[int, int, str]] = set()
-    total = 0
-    for t in tensors:
-        for part in (t, getattr(t, "SCB", None)):
-            if not isinstance(part, torch.Tensor) or part.is_meta:
-                continue
-            key = (part.data_ptr(), part.numel(), str(part.device))
-            if key in seen:
-                continue
-            seen.add(key)
-            total += part.numel() * part.element_size()
-    return total
-
-
-def module_bytes(module: nn.Module) -> dict[str, Any]:
-    """Exact resident bytes of one module: params + buffers (GGUF packed weights at their
-    packed size), by dtype, and by the device they sit on."""
-    tensors = [*module.parameters(), *module.buffers()]
-    by_dtype: dict[str, int] = {}
-    for t in tensors:
-        name = str(t.dtype).removeprefix("torch.")
-        by_dtype[name] = by_dtype.get(name, 0) + t.numel() * t.element_size()
-    devices = sorted({str(t.device) for t in tensors})
-    return {
-        "bytes": tensor_bytes(tensors),
-        "by_dtype": dict(sorted(by_dtype.items())),
-        "devices": devices,
-        "by_device": {d: tensor_bytes([t for t in tensors if str(t.device) == d]) for d in devices},
-    }
-
-
-def component_bytes(pipe: Any, extra: dict[str, nn.Module] | None = None) -> dict[str, dict[str, Any]]:
-    """`module_bytes` for every nn.Module component of a diffusers pipeline (+ `extra` ones,
-    e.g. a VAE held outside the pipeline), plus a `total` entry."""
-    modules = {name: m for name, m in getattr(pipe, "components", {}).items() if isinstance(m, nn.Module)}
-    modules.update({name: m for name, m in (extra or {}).items() if isinstance(m, nn.Module)})
-    out = {name: module_bytes(m) for name, m in modules.items()}
-    by_device: dict[str, int] = {}
-    for entry in out.values():
-        for device, n in entry["by_device"].items():
-            by_device[device] = by_device.get(device, 0) + n
-    out["total"] = {"bytes": sum(entry["bytes"] for entry in out.values()), "by_device": dict(sorted(by_device.items()))}
-    return out
