@@ -13,9 +13,8 @@ the judged gap, as evaluate does; style accuracy and fd_judge come from samples 
 conditions themselves. It writes the figures as JSON (training seconds under `perf`) and a
 markdown table next to it.
 
-Why it exists: issue 12 asks for a judged gap of at least 10 points with train_judge +
-train_prior within 3 minutes on 2 cores and a style accuracy of at least half the judge's;
-this measures how far apart those are on one machine, in one run.
+Why it exists: score control, training time and style accuracy pull against each other through
+score guidance; this measures the whole frontier on one machine, in one run.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ RMSE ‖x − deq(q(x))‖/‖x‖ and the throughput (M weights/s, wall clock, 
   refined — quantize_q4_k (ggml's search + the refinement pass; the default),
   ggml    — quantize_q4_k(method="ggml") (ggml's reference algorithm, vectorized),
   minmax  — quantize_q4_k_minmax (scale = range/15, the baseline),
-next to the relative RMSE REFERENCE.md quotes for ggml's own C reference quantizer on such
+next to the published relative RMSE of ggml's own C reference quantizer on such
 weights (a constant, labelled as such). To measure ggml's C code on the same data instead, build
 it with benchmarks/ggml_ref/ and run benchmarks/kquant_codecs.py (every K-quant; it measured
 0.07129 for quantize_row_q4_K_ref and 0.07069 for ggml's all-ones importance path).
@@ -30,7 +30,7 @@ from squeezegen.quant.codecs.q4k import (
     worker_threads,
 )
 
-GGML_REFERENCE_REL_RMSE_PUBLISHED = 0.0713  # quantize_row_q4_K_ref on N(0, 0.02²), REFERENCE.md
+GGML_REFERENCE_REL_RMSE_PUBLISHED = 0.0713  # quantize_row_q4_K_ref on N(0, 0.02²), as published
 ROW = 4096  # weights per row of the test matrix (a typical Linear/conv row length)
 
 QUANTIZERS = {

@@ -43,7 +43,7 @@ if (ROOT / "src" / "squeezegen").is_dir() and str(ROOT / "src") not in sys.path:
 TARGET = "q4k_unet_int8_clip_cpu_vae"
 TARGET_PEAK_BYTES = 1.5e9
 TARGET_RATIO = 0.40
-LEAN_PEAK_BYTES, LEAN_SECONDS, LEAN_SPEEDUP_VS_SEQUENTIAL = 6e8, 1.5, 3.0  # issue 14's targets for `lean`
+LEAN_PEAK_BYTES, LEAN_SECONDS, LEAN_SPEEDUP_VS_SEQUENTIAL = 6e8, 1.5, 3.0  # the targets `lean` is held to
 Q4K_SPEED_RATIO = 1.15  # q4k_unet seconds per image / fp16's
 
 
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def lean_targets(summary: dict, *, applies: bool) -> dict:
-    """Issue 14's targets, each with the figures it compares (None where a configuration did not run)."""
+    """The `lean` targets, each with the figures it compares (None where a configuration did not run)."""
     def ran(name: str) -> dict | None:
         m = summary.get(name)
         return m if m and "skipped" not in m else None

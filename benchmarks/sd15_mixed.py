@@ -5,7 +5,7 @@
 Builds the pipeline from SD 1.5's configs (`--small`: the toy's tiny SD-architecture pipeline, a
 CPU smoke test), calibrates on `--prompts` prompts × `--steps` steps (activation importance and
 the UNet inputs), estimates damage per (tensor, candidate type) on `--sensitivity-samples` of
-those inputs, then allocates (a) under the budget — 330 MB of tensor data, the seed's figure, or
+those inputs, then allocates (a) under the budget — 330 MB of tensor data, the product's target for SD 1.5, or
 `--budget-bpw` — and (b) at each baseline's own bytes: uniform Q4_K, ComfyUI-GGUF's Q4_K_M rule,
 a llama.cpp Q3_K_M-shaped rule mix, uniform Q3_K. Every assignment's drift is measured on
 held-out prompts at another seed: the noise prediction's relative RMSE vs the unquantized UNet,
@@ -30,7 +30,7 @@ from squeezegen.files import atomic_write_json
 from squeezegen.metrics_files import split_perf
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SEED_BUDGET_BYTES = 330_000_000  # the seed's "860M params → 330 MB" SD 1.5 UNet
+SEED_BUDGET_BYTES = 330_000_000  # the product's target: SD 1.5's 860M-parameter UNet in 330 MB
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -250,7 +250,7 @@ def test_corrupt_array_length_fails_fast(q4k_file, tmp_path):
         read_gguf(bad)
 
 
-# --- what a strict reader refuses (issue 13: ggml's checks, findings a-d) -----------------------
+# --- what a strict reader refuses (ggml's own checks) ---------------------------------------------
 
 
 def _info_fields(raw: bytes, name: str) -> dict[str, int]:

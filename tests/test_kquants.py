@@ -40,7 +40,7 @@ INPUTS = {
 }
 
 # Relative RMSE of ggml's better path (quantize_row_*_ref, or quantize_* with an all-ones importance
-# matrix) on 1 Mi weights, from a throwaway C build of ggml-quants.c (ggml d99724f, README):
+# matrix) on 1 Mi weights, from a throwaway C build of ggml-quants.c (ggml d99724f; docs/results.md):
 # N(0, 0.02²) and 0.02·Student-t(3). The test runs 64 Ki weights, hence a 3% margin.
 GGML_BEST = {
     T.Q2_K: (0.26794, 0.30426), T.Q3_K: (0.14462, 0.18235), T.Q4_K: (0.07069, 0.09158),

@@ -84,7 +84,7 @@ def test_decoding_k_pyramid_levels_reads_only_the_codes_of_scales_up_to_k(k):
 
 
 def test_equal_scales_are_the_residual_vq_of_every_grid_cell():
-    """scales=None builds the seed's RQ-VAE: ResidualVQ over the h·w latents, nothing else in the path."""
+    """scales=None builds the equal-levels RQ-VAE: ResidualVQ over the h·w latents, nothing else in the path."""
     from einops import rearrange
 
     torch.manual_seed(0)

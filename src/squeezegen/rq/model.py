@@ -15,7 +15,7 @@ residual the previous ones left). Two layouts of the levels:
 level, the sequence a next-scale prior draws. Decoding with only the first k levels gives a
 coarser image: that is the progressive picture.
 
-Two architecture knobs matter at small widths (measured on the toy profile, see README):
+Two architecture knobs matter at small widths (measured on the toy profile: docs/generator.md):
 `norm_groups` — GroupNorm with as many groups as channels is instance norm, which erases each
 image's mean colour and contrast, so the decoder cannot reproduce them from any latent; 0 (no
 norm) lets it. `padding_mode` — zero padding tells every conv where the border is, and the

@@ -2,7 +2,7 @@
 
 Each configuration is built, warmed up with one image, then timed on `repeats` images (batch 1,
 one prompt/seed each; seeds and initial noise are the same for every configuration). Peaks are
-measured around the timed images only (see `compressed.generate`), after the previous
+measured around the timed images only (see `configurations.generate_measured`), after the previous
 configuration was freed.
 
 Skips: diffusers' offloading is built for an accelerator. On a CPU run an offload configuration that

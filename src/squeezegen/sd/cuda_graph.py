@@ -2,9 +2,8 @@
 
 A dequantize-in-forward UNet launches, per layer, a decode kernel and then the matmul or conv, and
 every launch is Python and driver work on the CPU. At 512 px on a fast GPU the kernels can finish
-sooner than the CPU issues them, so the Q4_K UNet most likely trails fp16 by its extra launches
-rather than its arithmetic (the decode reads 0.5 GB and writes 1.7 GB per step, about a
-millisecond of an H100's bandwidth; the seed measured ~13 ms per step more than fp16). A CUDA
+sooner than the CPU issues them: then launches, not arithmetic, set the step time (the decode
+reads 0.5 GB and writes 1.7 GB per step, about a millisecond of an H100's bandwidth). A CUDA
 graph records the whole step once and replays it with one launch.
 
 `enable_cuda_graph(unet)` wraps `unet.forward` in place (so diffusers' pipelines, serial CFG and

@@ -2,12 +2,12 @@
 
 models/base + models/lora → models/quantized/ (unet.gguf, text_encoder/, manifest.json, written
 as one folder atomically), reports/quantize/bits_per_layer.png and metrics/quantize.json. With `quantize.importance: activations` the
-fused pipeline first runs on calibration prompts (quant/importance.py) and E[x²] per input
+fused pipeline first runs on calibration prompts (quant/mix/importance.py) and E[x²] per input
 channel weights every codec's search; with `quantize.budget_bpw` / `budget_bytes` each tensor
 gets the type that minimizes the estimated damage to the UNet's output under that budget
-(quant/mixed.py), and the chosen types are in the file's policy and manifest.json. With
+(quant/mix/assign.py), and the chosen types are in the file's policy and manifest.json. With
 `quantize.baselines` the metrics also compare the allocation with uniform Q4_K / Q3_K and rule
-mixes at matched bytes, on held-out prompts (quant/baselines.py).
+mixes at matched bytes, on held-out prompts (quant/mix/baselines.py).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def quant_policy(qcfg: QuantizeConfig):
 
 def calibration(cfg: Config):
     """The fused (fine-tuned) pipeline and its calibration run on the calibration prompts:
-    activation statistics and the UNet's inputs at each step (quant/importance.py)."""
+    activation statistics and the UNet's inputs at each step (quant/mix/importance.py)."""
     from squeezegen.device import default_device
     from squeezegen.quant.mix.importance import calibrate
     from squeezegen.sd.configurations import load_fused_pipeline
@@ -58,7 +58,7 @@ def calibration(cfg: Config):
 
 
 def budget_policy(qcfg: QuantizeConfig, policy, pipe, calib, budgeted: bool) -> tuple:
-    """The damage estimate per (tensor, type) (quant/mixed.py), and if `budgeted` the policy
+    """The damage estimate per (tensor, type) (quant/mix/assign.py), and if `budgeted` the policy
     with one type per tensor under the budget; (policy, figures, mix)."""
     from squeezegen.quant.mix.assign import estimate_mix, mixed_policy, summary
     from squeezegen.quant.mix.knapsack import budget_from_config
@@ -77,7 +77,7 @@ def budget_policy(qcfg: QuantizeConfig, policy, pipe, calib, budgeted: bool) -> 
 
 def baselines(cfg: Config, policy, pipe, mix) -> dict:
     """The allocation vs uniform Q4_K / Q3_K and the rule mixes at matched bytes, on prompts and a
-    seed the sensitivities did not see (quant/baselines.py)."""
+    seed the sensitivities did not see (quant/mix/baselines.py)."""
     from squeezegen.quant.mix.baselines import compare_on_heldout, heldout_prompt_indices
     from squeezegen.sd.generate import sample_prompts
 

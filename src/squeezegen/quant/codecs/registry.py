@@ -230,7 +230,7 @@ class Q3_K(_Symmetric):
 
 
 class Q4_K(Codec):
-    """4.5 bits: 8 sub-blocks of 32, 4-bit levels, 6-bit scales and mins (q4k.py)."""
+    """4.5 bits: 8 sub-blocks of 32, 4-bit levels, 6-bit scales and mins (codecs/q4k.py)."""
 
     qtype = GGMLQuantizationType.Q4_K
 

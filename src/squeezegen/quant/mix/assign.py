@@ -1,10 +1,10 @@
 """Mixed K-quant files: the budget allocation end to end, its baselines, and their drift.
 
-`allocate_mix` takes the fused UNet, the calibration (quant/importance.py) and the policy,
-estimates damage per (tensor, candidate type) (quant/sensitivity.py), allocates under the byte
-budget (quant/allocate.py) and returns the policy with `tensor_types` set.
+`estimate_mix` takes the fused UNet, the calibration (quant/mix/importance.py) and the policy and
+estimates damage per (tensor, candidate type) (quant/mix/sensitivity.py); `Mix.allocate` picks the
+types under the byte budget (quant/mix/knapsack.py) and `mixed_policy` sets them as `tensor_types`.
 
-Baselines at matched bytes (issue 15): uniform types are the policy's own plans; the rule mix is
+Baselines at matched bytes: uniform types are the policy's own plans; the rule mix is
 llama.cpp's Q3_K_M shape (`llama_tensor_get_type`) transposed to a UNet: a base type, with the
 attention value projections (`to_v`, llama's attn_v), the feed-forward output (`ff.net.2`,
 llama's ffn_down) and every tensor of the first and last resolution blocks (llama's first/last

@@ -1,7 +1,7 @@
 """The measured allocation against fixed-rule mixes at matched bytes, on held-out inputs.
 
 For each baseline assignment (uniform Q4_K, uniform Q3_K, llama.cpp's Q3_K_M-shaped rule mix,
-ComfyUI-GGUF's Q4_K_M rule), the allocation (quant/allocate.py) is run with that baseline's own
+ComfyUI-GGUF's Q4_K_M rule), the allocation (quant/mix/knapsack.py) is run with that baseline's own
 byte count as its budget, so each pair holds the same bytes (the allocation at most as many).
 Both are then decoded (same codecs, same importance as the writer) and compared with the
 unquantized UNet on calibration inputs *held out* from the ones the sensitivities were measured

@@ -6,8 +6,8 @@ type's extra bytes over the tensor's cheapest type rounded *up* to whole units, 
 never exceeds the budget; the rounding leaves at most (tensors × unit) bytes unused, which a
 last pass fills with the best single upgrades that still fit. With `resolution` units the DP is
 (tensors × types) vector operations on arrays of that length: a fraction of a second for the
-~300 quantizable tensors of SD 1.5. (A greedy on each tensor's convex hull was tried first: on
-few tensors of very different sizes it was up to 1.5× the optimum's damage.)
+~300 quantizable tensors of SD 1.5. Exact matters: a greedy on each tensor's convex hull can be far
+from the optimum when a few tensors of very different sizes compete for the budget.
 
 Written by hand: no library here solves a multiple-choice knapsack, and this fits in a page.
 """

@@ -1,4 +1,4 @@
-"""Which GGUF type each UNet tensor is stored as (the tensor policy of DESIGN.md).
+"""Which GGUF type each UNet tensor is stored as: the tensor policy (docs/compression.md).
 
 Rules, in order:
 
@@ -59,7 +59,7 @@ class QuantPolicy:
     tensor_types: {diffusers name: type} chosen per tensor (the budget allocation); it overrides
         `unet_type` for tensors the keep rules leave quantizable, and must fit their blocks.
     importance: {diffusers name: E[x²] per input channel} that weights the codecs' searches
-        (quant/importance.py). Not part of the file's policy JSON: it changes the bytes chosen,
+        (quant/mix/importance.py). Not part of the file's policy JSON: it changes the bytes chosen,
         never which type or shape a tensor has.
     """
 

@@ -1,6 +1,6 @@
 """How much each UNet tensor, stored as each candidate type, changes the UNet's noise prediction.
 
-The allocator (quant/allocate.py) needs damage[tensor, type] for every quantizable tensor and
+The allocator (quant/mix/knapsack.py) needs damage[tensor, type] for every quantizable tensor and
 candidate type. Two estimates:
 
 - `measured`: quantize only that tensor (as the writer would: same codec, same importance),
