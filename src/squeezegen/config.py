@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -120,8 +121,6 @@ class QuantizeConfig:
     baselines: bool = False
 
     def check(self, path: str) -> None:
-        import re
-
         if self.budget_bpw is not None and self.budget_bytes is not None:
             raise ConfigError(f"{path}.budget_bpw / budget_bytes: both are set; set one of them (or neither for the "
                               "uniform unet_type)")

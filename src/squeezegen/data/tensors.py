@@ -6,6 +6,7 @@ Images are held as uint8 (a quarter of float32's size) and turned into floats ba
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,17 +33,15 @@ def pil_to_uint8(image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W)
 
 
-def load_image_tensors(processed_dir: str | Path, split: str, *, column: str = IMAGE_COLUMN) -> torch.Tensor:
-    """All images of `split` in the `datasets` folder `processed_dir`, as uint8 (N, 3, H, W).
-
-    Reads `column` (PIL images of one size). UserError if the folder, split or column is missing
-    or the split is empty.
-    """
+def load_split_table(processed_dir: str | Path, split: str, columns: Sequence[str]):
+    """`split` of the `datasets` folder `processed_dir` (the preprocess stage's output), as a
+    `datasets.Dataset`; UserError if the folder, the split or one of `columns` is missing, or the
+    split is empty."""
     import datasets
 
     processed_dir = Path(processed_dir)
     if not processed_dir.is_dir():
-        raise UserError(f"{processed_dir}: no processed data; run the preprocess stage first")
+        raise UserError(f"{processed_dir}: no processed data; run the preprocess stage first (`dvc repro preprocess`)")
     try:
         data = datasets.load_from_disk(str(processed_dir))
     except (FileNotFoundError, ValueError) as exc:
@@ -50,12 +49,28 @@ def load_image_tensors(processed_dir: str | Path, split: str, *, column: str = I
     if split not in data:
         raise UserError(f"{processed_dir}: has no {split!r} split (found {sorted(data)}); re-run the preprocess stage")
     table = data[split]
-    if column not in table.column_names:
-        raise UserError(f"{processed_dir}/{split}: no {column!r} column (found {table.column_names}); re-run preprocess")
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise UserError(f"{processed_dir}/{split}: no {missing} column (found {table.column_names}); re-run preprocess")
     if len(table) == 0:
         raise UserError(f"{processed_dir}/{split}: no images; lower data.val_fraction or add data")
-    images = [pil_to_uint8(img) for img in tqdm(table[column], desc=f"decode {split}", leave=False)]
+    return table
+
+
+def table_images(table, column: str, *, where: str) -> torch.Tensor:
+    """The PIL images of `column` as uint8 (N, 3, H, W); UserError (naming `where`) if they differ in size."""
+    images = [pil_to_uint8(img) for img in tqdm(table[column], desc=f"decode {where}", leave=False)]
     sizes = {tuple(t.shape) for t in images}
     if len(sizes) != 1:
-        raise UserError(f"{processed_dir}/{split}: {column} images differ in size {sorted(sizes)[:3]}; re-run preprocess")
+        raise UserError(f"{where}: {column} images differ in size {sorted(sizes)[:3]}; re-run preprocess")
     return torch.stack(images)  # (N, 3, H, W) uint8
+
+
+def load_image_tensors(processed_dir: str | Path, split: str, *, column: str = IMAGE_COLUMN) -> torch.Tensor:
+    """All images of `split` in the `datasets` folder `processed_dir`, as uint8 (N, 3, H, W).
+
+    Reads `column` (PIL images of one size). UserError if the folder, split or column is missing,
+    the split is empty or the images differ in size.
+    """
+    table = load_split_table(processed_dir, split, [column])
+    return table_images(table, column, where=f"{processed_dir}/{split}")

@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 
 from squeezegen.config import JudgeConfig
 from squeezegen.data.captions import GENRES, STYLES
-from squeezegen.data.tensors import IMAGE_COLUMN
+from squeezegen.data.tensors import IMAGE_COLUMN, load_split_table, table_images
 from squeezegen.errors import UserError
 from squeezegen.judge.model import Judge, judge_images
 from squeezegen.seed import seed_everything
@@ -63,28 +63,8 @@ def load_judge_data(processed_dir: str | Path, split: str, *, column: str = IMAG
     UserError if the folder, split or a column is missing, the split is empty, images differ in
     size, or no image has a label the judge can learn from.
     """
-    import datasets
-
-    processed_dir = Path(processed_dir)
-    if not processed_dir.is_dir():
-        raise UserError(f"{processed_dir}: no processed data; run `dvc repro preprocess` first")
-    try:
-        data = datasets.load_from_disk(str(processed_dir))
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(f"{processed_dir}: not a saved `datasets` folder ({exc}); re-run the preprocess stage") from None
-    if split not in data:
-        raise UserError(f"{processed_dir}: has no {split!r} split (found {sorted(data)}); re-run the preprocess stage")
-    table = data[split]
-    missing = [c for c in (column, "style", "genre", "score") if c not in table.column_names]
-    if missing:
-        raise UserError(f"{processed_dir}/{split}: no {missing} column (found {table.column_names}); re-run preprocess")
-    if len(table) == 0:
-        raise UserError(f"{processed_dir}/{split}: no images; lower data.val_fraction or add data")
-    arrays = [np.asarray(img.convert("RGB"), dtype=np.uint8) for img in table[column]]  # (S, S, 3) each
-    sizes = {a.shape for a in arrays}
-    if len(sizes) != 1:
-        raise UserError(f"{processed_dir}/{split}: {column} images differ in size {sorted(sizes)[:3]}; re-run preprocess")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
+    table = load_split_table(processed_dir, split, [column, "style", "genre", "score"])
+    images = table_images(table, column, where=f"{processed_dir}/{split}")  # (N, 3, S, S) uint8
     scores = torch.tensor([math.nan if s is None else float(s) for s in table["score"]], dtype=torch.float32)
     out = JudgeData(images=images, style=_labels(table["style"], STYLES), genre=_labels(table["genre"], GENRES), score=scores)
     if bool((out.style == IGNORE).all() & (out.genre == IGNORE).all() & out.score.isnan().all()):

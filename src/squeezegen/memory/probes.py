@@ -20,6 +20,7 @@ what came before; each reset first folds the peak so far into a per-device high-
 from __future__ import annotations
 
 import contextlib
+import gc
 import platform
 import re
 import resource
@@ -240,8 +241,6 @@ def stage_peak_bytes(device: str | torch.device = "cpu") -> int:
 
 def free_memory(device: str | torch.device | None = None) -> None:
     """Collect garbage and give cached CUDA blocks back, so the next measurement starts clean."""
-    import gc
-
     gc.collect()
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
         torch.cuda.synchronize()

@@ -6,6 +6,7 @@ a refiner exists (train_rqvae draws it empty, train_refiner fills it in).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -71,8 +72,6 @@ def render_progressive(
 
 def save_grid(path: str | Path, images: torch.Tensor, *, columns: int | None = None, min_tile: int = 128) -> Path:
     """uint8 images (n, 3, H, W) as one PNG grid (nearest-neighbour upscaled to ≥ min_tile px), atomically."""
-    import math
-
     from PIL import Image
 
     n, _, h, w = images.shape

@@ -25,9 +25,7 @@ LOSS_COLUMNS = ["step", "loss", "style_ce", "genre_ce", "score_mse", "lr"]
 
 
 def main(params: str = "params.yaml", profile: str | None = None) -> dict:
-    import hashlib
-    import json
-
+    from squeezegen.files import fingerprint
     from squeezegen.judge.model import count_parameters, save_judge
     from squeezegen.judge.train import evaluate_judge, load_judge_data, score_scale, train_judge
     from squeezegen.metrics_files import write_history_csv
@@ -44,7 +42,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             seed=cfg.seed,
             data=train_data,
             checkpoint_dir=CHECKPOINT_DIR,
-            fingerprint=hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(),
+            fingerprint=fingerprint(**parts),
             accelerator=accelerator,
             on_log=run.log_step,
         )

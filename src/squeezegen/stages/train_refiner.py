@@ -8,6 +8,7 @@ Resumable checkpoints go to `checkpoints/train_refiner/` and are deleted on succ
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from squeezegen.config import load_config
@@ -27,8 +28,6 @@ def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
     """Bytes train_refiner will hold on `device` at its worst, estimated without training: weights
     with their gradients and AdamW moments, LPIPS, one batch's activations (the model run on the
     meta device: no memory, no arithmetic) and, on a CPU, every image and its reconstruction."""
-    import copy
-
     import torch
 
     from squeezegen.memory.fit import activation_bytes_per_sample

@@ -8,6 +8,7 @@ Resumable checkpoints go to `checkpoints/train_rqvae/` and are deleted on succes
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from squeezegen.config import load_config
@@ -27,8 +28,6 @@ def training_memory_need(cfg, lpips_net, n_images: int, device) -> int:
     """Bytes train_rqvae will hold on `device` at its worst, estimated without training: weights
     with their gradients and AdamW moments, one batch's activations (encoder and decoder run on
     the meta device; the quantizer's share at the coarse grid is small) and, on a CPU, every image."""
-    import copy
-
     import torch
 
     from squeezegen.image_metrics import lpips_distance
