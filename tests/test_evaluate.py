@@ -177,7 +177,10 @@ def fake_gen() -> dict:
                                 fd_position=(0.1, 0.4), style_acc_vs_real=(0.55, 0.78))),
         "rq_prior_norefine": row(params=1_000_000, bytes=4 * MIB, seconds_per_image=0.04),
         "rq_marginal": row(fd_judge=34.0, style_acc=0.1),
-        "sd": row(params=1_658_244, bytes=7 * MIB, seconds_per_image=0.4),
+        "sd_base": row(params=1_658_244, bytes=6 * MIB, seconds_per_image=0.4, score_high=51.0, score_low=50.0,
+                       score_control=1.0),
+        "sd": row(params=1_658_244, bytes=7 * MIB, seconds_per_image=0.4, score_high=58.0, score_low=49.5,
+                  score_control=8.5, style_acc_vs_real=0.56, fd_position=0.7),
         "sd_compressed": row(params=1_658_244, bytes=3 * MIB, seconds_per_image=0.6),
     }
 
@@ -192,11 +195,14 @@ def test_report_shows_the_numbers_tables_and_pictures():
     # generation: one row per generator with its judge figures and their 95% intervals, the score control and fd position
     assert ("| **RQ generator** (prior + RQ-VAE + refiner) | 1,500,000 | 6.00 MiB | 0.050 | 0.61 [0.50, 0.70] | 0.40 [0.30, 0.50] "
             "| 50.0 [47.5, 52.5] | 10.00 [8.00, 13.00] |") in text
-    assert "| SD + LoRA, uncompressed | 1,658,244 | 7.00 MiB | 0.400 | 0.50 | 0.40 | 50.0 | 10.00 |" in text  # no interval: bare
+    assert "| SD + aesthetic LoRA, uncompressed | 1,658,244 | 7.00 MiB | 0.400 | 0.50 | 0.40 | 50.0 | 10.00 |" in text  # bare
+    # every generator with a score control gets a row of the standing table, the SD base too
+    assert "| SD + aesthetic LoRA, uncompressed | 58.0 | 49.5 | +8.5 | 0.56 | 0.70 |" in text
+    assert "| SD base, no LoRA | 51.0 | 50.0 | +1.0 | — | — |" in text
     assert "judged 66.0 [63.0, 69.0]" in text and "44.5 [41.0, 48.0]" in text and "+21.5 [+15.0, +28.0] points" in text
     assert "0.25 [0.10, 0.40] of the way" in text and "0.68 [0.55, 0.78] times the judge's" in text
     assert "95% interval" in text and "bootstrap" in text and "48 conditions × 2 seeds" in text
-    assert "score R² 0.60" in text and "near chance" not in text  # the toy-SD note only on the toy profile
+    assert "score R² 0.60" in text and "pretrained here" not in text  # the toy-SD note only on the toy profile
     # headline: compressed vs fp16 peak and the ratio, UNet bytes, the refiner gain in dB
     assert "1.00 GiB vs 4.00 GiB (0.25×)" in text
     assert "500.0 MiB vs 1.56 GiB (3.20× smaller, 4.75 bits/weight)" in text

@@ -137,7 +137,7 @@ def test_generation_figures_derive_the_rq_standing_from_the_same_samples():
     rng = np.random.default_rng(4)
     rows, pair = rows_and_pair(rng)
     reference = FrechetReference(rng.normal(size=(100, 4)))
-    figures = generation_figures(rows, reference, score_pair=pair, judge_style_acc=0.8)
+    figures = generation_figures(rows, reference, score_pairs={"rq_prior": pair}, judge_style_acc=0.8)
     rq = figures["rq_prior"]
     assert rq["style_acc"] == pytest.approx(np.nanmean(rows["rq_prior"].style_hit))  # unknown styles left out
     assert rq["score_control"] == pytest.approx(pair[0].mean() - pair[1].mean())
@@ -150,9 +150,9 @@ def test_generation_intervals_cover_every_row_and_figure_and_repeat_to_the_byte(
     rng = np.random.default_rng(5)
     rows, pair = rows_and_pair(rng)
     reference = FrechetReference(rng.normal(size=(100, 4)))
-    kw = dict(score_pair=pair, judge_style_acc=0.8, seed=0, replicates=50)
+    kw = dict(score_pairs={"rq_prior": pair}, judge_style_acc=0.8, seed=0, replicates=50)
     intervals = generation_intervals(rows, reference, **kw)
-    figures = generation_figures(rows, reference, score_pair=pair, judge_style_acc=0.8)
+    figures = generation_figures(rows, reference, score_pairs={"rq_prior": pair}, judge_style_acc=0.8)
     assert set(intervals) == set(rows)
     for row, values in figures.items():
         assert set(intervals[row]) == {name for name, value in values.items() if value is not None}, row
@@ -227,3 +227,18 @@ def test_style_genre_picture_has_a_row_per_style_and_a_column_per_genre(tiny_jud
     assert gen.calls == [("sample", 3)]
     cell = 128  # labelled_grid shows small images at 128 px
     assert picture.size[0] == 90 + 2 * cell and picture.size[1] > 2 * cell
+
+
+def test_every_generator_gets_its_own_score_control_and_standing_but_not_the_floor_or_baseline():
+    rng = np.random.default_rng(6)
+    rows, pair = rows_and_pair(rng)
+    rows["sd"] = synthetic_verdicts(rng, k=2, n=40, shift=1.0)
+    sd_pair = (rng.normal(55.0, 5.0, (2, 40)), rng.normal(50.0, 5.0, (2, 40)))
+    reference = FrechetReference(rng.normal(size=(100, 4)))
+    figures = generation_figures(rows, reference, score_pairs={"rq_prior": pair, "sd": sd_pair}, judge_style_acc=0.8)
+    assert figures["sd"]["score_control"] == pytest.approx(sd_pair[0].mean() - sd_pair[1].mean())
+    assert figures["sd"]["score_control"] != pytest.approx(figures["rq_prior"]["score_control"])
+    assert figures["sd"]["style_acc_vs_real"] == pytest.approx(figures["sd"]["style_acc"] / 0.8)
+    for name in ("real_train", "rq_marginal"):
+        assert not {"score_control", "style_acc_vs_real", "fd_position"} & set(figures[name])
+    assert "score_control" not in figures["rq_prior_norefine"] and "fd_position" in figures["rq_prior_norefine"]

@@ -33,17 +33,18 @@ E2E_GEN_SAMPLES = 8
 
 
 def shorten_toy_training(params: Path) -> None:
-    """Cap every `max_steps` and `gen_samples` of the toy profile in `params` (a text edit: the
+    """Cap every `max_steps` (and the base's pretraining steps) and `gen_samples` of the toy profile in `params` (a text edit: the
     comments and layout the other tests edit stay as they are)."""
     lines = params.read_text().splitlines(keepends=True)
     start = next(i for i, line in enumerate(lines) if line.startswith("  toy:"))
     end = next(i for i, line in enumerate(lines) if i > start and re.match(r"  \w", line))
     for i in range(start, end):
-        lines[i] = re.sub(r"(max_steps:\s*)(\d+)", lambda m: m[1] + str(min(int(m[2]), E2E_MAX_STEPS)), lines[i])
+        lines[i] = re.sub(r"((?:max|vae|unet)_steps:\s*)(\d+)", lambda m: m[1] + str(min(int(m[2]), E2E_MAX_STEPS)), lines[i])
         lines[i] = re.sub(r"(gen_samples:\s*)(\d+)", lambda m: m[1] + str(min(int(m[2]), E2E_GEN_SAMPLES)), lines[i])
     params.write_text("".join(lines))
     toy_profile = yaml.safe_load(params.read_text())["profiles"]["toy"]
-    assert all(section.get("max_steps", 0) <= E2E_MAX_STEPS for section in toy_profile.values()), toy_profile
+    assert all(section.get(key, 0) <= E2E_MAX_STEPS for section in toy_profile.values()
+               for key in ("max_steps", "vae_steps", "unet_steps")), toy_profile
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +189,17 @@ def test_lora_rank_only_touches_the_lora_stage(toy):
     assert not {"fetch_base", "preprocess", "fetch_data"} & set(status)
 
 
+def test_a_pretraining_knob_reruns_the_sd_branch_and_evaluate_only(toy):
+    params = toy / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("  caption_dropout: 0.1 ", "  caption_dropout: 0.2 ", 1))
+    try:
+        status = json.loads(dvc("status", "--json", cwd=toy).stdout)
+    finally:
+        params.write_text(original)
+    assert set(status) == {"fetch_base", "finetune_lora", "quantize", "benchmark", "evaluate"}, status
+
+
 def test_guidance_is_applied_at_sampling_time_only(toy):
     params = toy / "params.yaml"
     original = params.read_text()
@@ -203,12 +215,14 @@ def test_guidance_is_applied_at_sampling_time_only(toy):
 def test_generation_section_and_keys(toy):
     head = json.loads((toy / "metrics/evaluate.json").read_text())
     gen = head["gen"]
-    for name in ("real_train", "rq_prior", "rq_prior_norefine", "rq_marginal", "sd", "sd_compressed"):
+    for name in ("real_train", "rq_prior", "rq_prior_norefine", "rq_marginal", "sd_base", "sd", "sd_compressed"):
         assert 0 <= gen[name]["genre_acc"] <= 1 and gen[name]["fd_judge"] >= 0, name
+    for name in ("rq_prior", "sd_base", "sd", "sd_compressed"):  # each generator's own score control
+        assert gen[name]["score_control"] == pytest.approx(gen[name]["score_high"] - gen[name]["score_low"]), name
     assert gen["rq_prior"]["params"] == sum(gen["rq_prior"]["params_by_model"].values())
     assert "seconds_per_image" in head["perf"]["gen"]["rq_prior"]  # timing apart from the quality figures
     report = (toy / "reports/report.md").read_text()
-    assert "## C. Generation" in report and "evaluate/generation.png" in report and "near chance" in report
+    assert "## C. Generation" in report and "evaluate/generation.png" in report and "pretrained here" in report
 
 
 def test_mlflow_has_one_run_per_stage_with_a_shared_tag(toy):

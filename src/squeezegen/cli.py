@@ -90,6 +90,8 @@ def generate(
     prompt: str = typer.Argument(..., help="text prompt"),
     out: Path = typer.Option(Path("generated.png"), "--out", help="PNG file to write"),
     seed: int = typer.Option(0, "--seed", help="sampling seed"),
+    score: Optional[float] = typer.Option(None, "--score", min=0, max=100,
+                                          help='ask for this LAPIS score (0-100): appends ", rated <score/10> of 10"'),
     base: Path = typer.Option(Path("models/base"), "--base", help="diffusers pipeline folder"),
     lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA folder (pytorch_lora_weights.safetensors)"),
     compressed: bool = typer.Option(False, "--compressed", help="GGUF Q4_K UNet + 8-bit CLIP + CPU VAE"),
@@ -101,10 +103,12 @@ def generate(
 ) -> None:
     """Generate an image with the base pipeline (+ LoRA), or the compressed one."""
     from squeezegen.config import load_config
+    from squeezegen.data.captions import rated_caption
 
     cfg = load_config(params, profile=profile)
     steps = steps or cfg.sd.infer_steps
     size = size or cfg.data.sd_size
+    prompt = rated_caption(prompt, score)
     for label, folder in [("--base", base), ("--lora", lora)] + ([("--quantized", quantized)] if compressed else []):
         if folder is not None and not folder.exists():
             raise UserError(f"{label} {folder}: not found; run `dvc repro` (or the matching stage) first")

@@ -68,6 +68,22 @@ class SDConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """fetch_base with `sd.base: tiny`: pretraining the tiny pipeline's VAE, then its UNet."""
+
+    vae_lr: float = _range(0.0, 1.0, lo_open=True)
+    kl_weight: float = _range(0.0)
+    unet_lr: float = _range(0.0, 1.0, lo_open=True)
+    caption_dropout: float = _range(0.0, 1.0, hi_open=True)
+    warmup_steps: int = _range(0)
+    checkpoint_every: int = _range(1)
+    vae_steps: int = _range(1)
+    vae_batch_size: int = _range(1)
+    unet_steps: int = _range(1)
+    unet_batch_size: int = _range(1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class LoraConfig:
     """finetune_lora."""
 
@@ -88,6 +104,7 @@ class LoraConfig:
     use_8bit_adam: bool = False
     checkpoint_every: int = _range(1)
     sample_prompts: int = _range(1, 64)
+    rating_in_caption: bool = True
     max_steps: int = _range(1)
     batch_size: int = _range(1)
     num_workers: int = _range(0)
@@ -312,6 +329,7 @@ class Config:
     seed: int = _range(0, 2**32 - 1)
     data: DataConfig = None  # type: ignore[assignment]
     sd: SDConfig = None  # type: ignore[assignment]
+    pretrain: PretrainConfig = None  # type: ignore[assignment]
     lora: LoraConfig = None  # type: ignore[assignment]
     quantize: QuantizeConfig = None  # type: ignore[assignment]
     benchmark: BenchmarkConfig = None  # type: ignore[assignment]
@@ -349,7 +367,7 @@ class Config:
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "fetch_data": ("data",),
     "preprocess": ("data",),
-    "fetch_base": ("sd",),
+    "fetch_base": ("sd", "pretrain"),
     "finetune_lora": ("sd", "lora"),
     "quantize": ("sd", "quantize"),
     "benchmark": ("sd", "quantize", "benchmark"),

@@ -359,8 +359,9 @@ def build_report(
     settings = bench.get("settings", {})
     arch_note = ("an SD 1.5-architecture pipeline with random weights (real-scale memory; the pictures use the trained pipeline)"
                  if arch == "sd15" else "the trained pipeline (base + LoRA)")
-    toy_note = ("\n\nThis is the **toy** profile: synthetic paintings and tiny randomly initialised models on a CPU. "
-                "It proves every code path; its quality numbers are not the point." if profile == "toy" else "")
+    toy_note = ("\n\nThis is the **toy** profile: synthetic paintings and tiny models trained here, on a CPU, in minutes "
+                "(the SD base too: fetch_base pretrains it on the toy train split). Its figures compare methods on "
+                "the same small data; they are not SD 1.5's quality." if profile == "toy" else "")
     grid = rqvae.get("grid") or []
     grid_text = f"{grid[0]}×{grid[1]} codes × " if len(grid) == 2 else ""
     parts = [

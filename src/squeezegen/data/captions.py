@@ -1,6 +1,10 @@
-"""Captions built from a painting's style and genre (LAPIS has no captions of its own).
+"""Captions built from a painting's style and genre (LAPIS has no captions of its own), and the
+rating a prompt can ask for.
 
-"a post-impressionist landscape painting", "an abstract expressionist portrait painting".
+"a post-impressionist landscape painting", "an abstract expressionist portrait painting";
+with a rating, "a cubist portrait painting, rated 8 of 10": the image's mean LAPIS score (0-100)
+rounded to tenths, the way aesthetic fine-tunes put a rating in the caption (SDXL conditions on
+an aesthetic score in the same spirit), so a prompt can ask for one.
 """
 
 from __future__ import annotations
@@ -109,3 +113,25 @@ def all_captions() -> list[str]:
     on this list, so its order must not depend on anything at run time.
     """
     return [caption_for(style, genre) for style in STYLES for genre in GENRES]
+
+
+RATING_TEMPLATE = "{caption}, rated {rating} of 10"
+PROMPT_SCORE = 80.0  # the LAPIS score a sampling prompt asks for unless told otherwise (rating 8)
+
+
+def rating_of(score: float) -> int:
+    """A 0-100 LAPIS score as the 0-10 rating a caption carries (half up: 75 → 8, 74.9 → 7)."""
+    if not 0 <= score <= 100:
+        raise ValueError(f"a LAPIS score is within 0..100, got {score}")
+    return int(score / 10 + 0.5)
+
+
+def rated_caption(caption: str, score: float | None) -> str:
+    """`caption` asking for the rating of `score` (see RATING_TEMPLATE); None → the caption alone."""
+    return caption if score is None else RATING_TEMPLATE.format(caption=caption, rating=rating_of(score))
+
+
+def tokenizer_corpus() -> list[str]:
+    """The text the toy tokenizer learns its merges from: every caption, with and without each rating."""
+    return [text for caption in all_captions()
+            for text in (caption, *(rated_caption(caption, 10.0 * r) for r in range(11)))]

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from squeezegen.data.captions import caption_for
+from squeezegen.data.captions import caption_for, rated_caption
 from squeezegen.judge import FrechetReference, judge_images
 from squeezegen.pictures import labelled_grid
 from squeezegen.stats import REPLICATES, bootstrap_intervals, take
@@ -45,7 +45,10 @@ GRID_STYLES, GRID_GENRES = 6, 7  # the style × genre picture: the val split's m
 GRID_SCORE = 80.0  # the score every cell of the style × genre picture asks for
 SEED_STRIDE = 10_000  # sampling seed j = seed + SEED_STRIDE·j: SD's per-condition seeds (+ i) never collide for n < this
 FRECHET_FIGURES = ("fd_judge", "fd_position")  # figures whose bootstrap replicates are biased upward (see generation_intervals)
-SD_CONFIGS = {"sd": "fp16", "sd_compressed": "q4k_unet_int8_clip_cpu_vae"}  # gen row → SD configuration
+# gen row → (SD configuration, with the LoRA?): the base alone, base + LoRA, and the compressed pipeline
+# (whose Q4_K UNet has the LoRA fused in by the quantize stage)
+SD_ROWS = {"sd_base": ("fp16", False), "sd": ("fp16", True), "sd_compressed": ("q4k_unet_int8_clip_cpu_vae", True)}
+BASELINE_ROWS = ("real_train", "rq_marginal")  # the floor and the baseline: no score control, no standing
 
 
 @dataclass(frozen=True)
@@ -154,26 +157,29 @@ def judged_high_low(gen, judge, cond: Conditions, *, seed: int, desc: str | None
 
 
 def generation_figures(
-    rows: Mapping[str, Verdicts], reference: FrechetReference, *, score_pair: tuple[np.ndarray, np.ndarray],
+    rows: Mapping[str, Verdicts], reference: FrechetReference, *, score_pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
     judge_style_acc: float | None, conditions: np.ndarray | None = None, seeds: np.ndarray | None = None,
 ) -> dict[str, dict[str, float | None]]:
-    """Every row's quality figures on the chosen (condition, seed) samples (None: all), and the RQ
-    generator's score control (`score_pair`: judged scores asked high / low, (k, n) each) and its
-    standing: style_acc_vs_real (over the judge's accuracy on real val images, held fixed) and
+    """Every row's quality figures on the chosen (condition, seed) samples (None: all); each
+    generator's score control (`score_pairs[row]`: judged scores asked high / low, (k, n) each) and
+    its standing: style_acc_vs_real (over the judge's accuracy on real val images, held fixed) and
     fd_position (0 = the real-image floor `real_train`, 1 = the independent-codes baseline `rq_marginal`)."""
     out: dict[str, dict[str, float | None]] = {name: judge_figures(v, reference, conditions, seeds) for name, v in rows.items()}
-    rq = out["rq_prior"]
-    high, low = (float(take(s, conditions, seeds).mean()) for s in score_pair)
-    rq.update(score_high=high, score_low=low, score_control=high - low)
-    if judge_style_acc and "style_acc" in rq:
-        rq["style_acc_vs_real"] = rq["style_acc"] / judge_style_acc
+    for name, pair in score_pairs.items():
+        high, low = (float(take(s, conditions, seeds).mean()) for s in pair)
+        out[name].update(score_high=high, score_low=low, score_control=high - low)
     floor, baseline = out["real_train"]["fd_judge"], out["rq_marginal"]["fd_judge"]
-    rq["fd_position"] = (rq["fd_judge"] - floor) / (baseline - floor) if baseline != floor else None
+    for name, row in out.items():
+        if name in BASELINE_ROWS:
+            continue
+        if judge_style_acc and "style_acc" in row:
+            row["style_acc_vs_real"] = row["style_acc"] / judge_style_acc
+        row["fd_position"] = (row["fd_judge"] - floor) / (baseline - floor) if baseline != floor else None
     return out
 
 
 def generation_intervals(
-    rows: Mapping[str, Verdicts], reference: FrechetReference, *, score_pair: tuple[np.ndarray, np.ndarray],
+    rows: Mapping[str, Verdicts], reference: FrechetReference, *, score_pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
     judge_style_acc: float | None, seed: int, replicates: int = REPLICATES,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{row: {figure: {"lo", "hi"}}}: each figure of `generation_figures`, its 95% percentile
@@ -187,10 +193,10 @@ def generation_intervals(
         return {(row, name): value for row, values in figures.items() for name, value in values.items()}
 
     def statistic(conditions: np.ndarray, seeds: np.ndarray) -> dict[tuple[str, str], float | None]:
-        return flat(generation_figures(rows, reference, score_pair=score_pair, judge_style_acc=judge_style_acc,
+        return flat(generation_figures(rows, reference, score_pairs=score_pairs, judge_style_acc=judge_style_acc,
                                        conditions=conditions, seeds=seeds))
 
-    point = flat(generation_figures(rows, reference, score_pair=score_pair, judge_style_acc=judge_style_acc))
+    point = flat(generation_figures(rows, reference, score_pairs=score_pairs, judge_style_acc=judge_style_acc))
     debias = {key: value for key, value in point.items() if key[1] in FRECHET_FIGURES and value is not None}
     intervals = bootstrap_intervals(statistic, n_conditions=n_conditions, n_seeds=n_seeds, replicates=replicates, seed=seed,
                                     debias=debias)
@@ -284,9 +290,11 @@ def style_genre_picture(gen, val_cond: Conditions, settings: SamplingSettings):
 def evaluate_sd(
     config_name: str, cond: Conditions, *, seeds: Sequence[int], base_dir, lora_dir, quant_dir, steps: int, size: int,
     guidance: float, compute_dtype: str, judge,
-) -> tuple[Verdicts, float, torch.Tensor]:
-    """One SD configuration on the conditions' captions, once per sampling seed (seed + i for the i-th
-    condition) → (Verdicts, seconds per image, the first seed's first PICTURE_COLUMNS uint8 images)."""
+) -> tuple[Verdicts, tuple[np.ndarray, np.ndarray], float, torch.Tensor]:
+    """One SD configuration, once per sampling seed (seed + i for the i-th condition), on the
+    conditions' captions asking for each condition's rating, then for SCORE_HIGH and SCORE_LOW with
+    the same noise (a paired comparison) → (Verdicts, judged scores asked high / low (k, n) each,
+    seconds per image, the first seed's first PICTURE_COLUMNS uint8 images)."""
     from squeezegen.device import default_device
     from squeezegen.memory.probes import free_memory
     from squeezegen.sd.configurations import build_pipeline, generate_measured
@@ -295,18 +303,26 @@ def evaluate_sd(
     bundle = build_pipeline(config_name, base_dir=base_dir, lora_dir=lora_dir, quant_dir=quant_dir, device=device,
                             compute_dtype=compute_dtype)
     n = len(cond)
-    result = generate_measured(bundle, cond.captions * len(seeds), [s + i for s in seeds for i in range(n)], steps=steps, size=size,
-                      guidance=guidance)
+    asked = [rated_caption(c, s) for c, s in zip(cond.captions, cond.scores)]
+    high, low = ([rated_caption(c, score) for c in cond.captions] for score in (SCORE_HIGH, SCORE_LOW))
+    prompts, noise_seeds = [], []
+    for seed in seeds:
+        prompts += asked + high + low
+        noise_seeds += [seed + i for i in range(n)] * 3
+    result = generate_measured(bundle, prompts, noise_seeds, steps=steps, size=size, guidance=guidance)
     seconds = float(np.mean(result.seconds))
-    per_seed = [torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in result.images[j * n : (j + 1) * n]]))
-                .permute(0, 3, 1, 2) for j in range(len(seeds))]  # (n, 3, size, size) uint8 each
+    images = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in result.images])).permute(0, 3, 1, 2)
     del bundle, result
     free_memory(device)
-    return Verdicts.stack([read_samples(judge, images, cond) for images in per_seed]), seconds, per_seed[0][:PICTURE_COLUMNS]
+    per_seed = images.reshape(len(seeds), 3, n, *images.shape[1:])  # (k, asked | high | low, n, 3, S, S) uint8
+    verdicts = Verdicts.stack([read_samples(judge, batch[0], cond) for batch in per_seed])
+    judged_scores = [judge_images(judge, batch[1:].flatten(0, 1))["scores"].astype(np.float64) for batch in per_seed]
+    pair = (np.stack([s[:n] for s in judged_scores]), np.stack([s[n:] for s in judged_scores]))
+    return verdicts, pair, seconds, per_seed[0, 0, :PICTURE_COLUMNS]
 
 
 def sd_size_figures(base_dir: Path, lora_dir: Path, quant_dir: Path) -> dict[str, dict[str, int]]:
-    """Parameters and bytes on disk of the uncompressed (base + LoRA) and compressed SD pipelines."""
+    """Parameters and bytes on disk of the SD pipelines: the base, base + LoRA, and compressed."""
     from safetensors import safe_open
 
     from squeezegen.files import folder_bytes
@@ -318,6 +334,7 @@ def sd_size_figures(base_dir: Path, lora_dir: Path, quant_dir: Path) -> dict[str
                 params += sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
     base_bytes = sum(folder_bytes(base_dir / p) for p in ("unet", "text_encoder", "vae"))
     return {
+        "sd_base": {"params": params, "bytes": base_bytes},
         "sd": {"params": params, "bytes": base_bytes + folder_bytes(lora_dir)},
         "sd_compressed": {"params": params, "bytes": folder_bytes(quant_dir) + folder_bytes(base_dir / "vae")},
     }
@@ -350,17 +367,18 @@ def run_generation(cfg, *, processed_dir: Path, judge_dir: Path, prior_dir: Path
     prior_cfg = cfg.prior
     settings = SamplingSettings(seed=cfg.seed, guidance_scale=prior_cfg.guidance_scale, score_guidance_scale=prior_cfg.score_guidance_scale,
                                 temperature=prior_cfg.temperature, top_k=prior_cfg.top_k)
-    rq_verdicts, score_pair, seconds, shown = evaluate_rq(gen, train_codes, cond, settings, judge, seeds=seeds)
+    rq_verdicts, rq_pair, seconds, shown = evaluate_rq(gen, train_codes, cond, settings, judge, seeds=seeds)
     verdicts.update(rq_verdicts)
-    for name, config_name in SD_CONFIGS.items():
-        verdicts[name], seconds[name], shown[name] = evaluate_sd(
-            config_name, cond, seeds=seeds, base_dir=base_dir, lora_dir=lora_dir, quant_dir=quant_dir,
+    score_pairs = {"rq_prior": rq_pair}
+    for name, (config_name, with_lora) in SD_ROWS.items():
+        verdicts[name], score_pairs[name], seconds[name], shown[name] = evaluate_sd(
+            config_name, cond, seeds=seeds, base_dir=base_dir, lora_dir=lora_dir if with_lora else None, quant_dir=quant_dir,
             steps=cfg.sd.infer_steps, size=cfg.data.sd_size, guidance=cfg.benchmark.guidance_scale,
             compute_dtype=cfg.benchmark.compute_dtype, judge=judge,
         )
 
-    figures = generation_figures(verdicts, reference, score_pair=score_pair, judge_style_acc=real_val.get("style_acc"))
-    intervals = generation_intervals(verdicts, reference, score_pair=score_pair, judge_style_acc=real_val.get("style_acc"),
+    figures = generation_figures(verdicts, reference, score_pairs=score_pairs, judge_style_acc=real_val.get("style_acc"))
+    intervals = generation_intervals(verdicts, reference, score_pairs=score_pairs, judge_style_acc=real_val.get("style_acc"),
                                      seed=cfg.seed)
     metrics: dict[str, Any] = {
         "n": n,
@@ -386,7 +404,7 @@ def run_generation(cfg, *, processed_dir: Path, judge_dir: Path, prior_dir: Path
     labels = [f"{c} ({s:.0f})" for c, s in zip(shown_conditions.captions, shown_conditions.scores)]
     rows = {"real (val)": val_images[:PICTURE_COLUMNS], "RQ prior\n+ refiner": shown["rq_prior"],
             "RQ prior\nno refiner": shown["rq_prior_norefine"], "independent\ncodes + ref.": shown["rq_marginal"],
-            "SD + LoRA": shown["sd"], "SD Q4_K\n+ int8 CLIP": shown["sd_compressed"]}
+            "SD base\n(no LoRA)": shown["sd_base"], "SD + LoRA": shown["sd"], "SD Q4_K\n+ int8 CLIP": shown["sd_compressed"]}
     pictures = {
         "generation.png": labelled_grid([_pil_row(r) for r in rows.values()], row_labels=list(rows), col_labels=labels),
         "rq_scores.png": labelled_grid([_pil_row(r) for r in score_rows(gen, cond, settings)],

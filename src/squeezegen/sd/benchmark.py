@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from squeezegen.data.captions import GENRES, STYLES, caption_for
+from squeezegen.data.captions import GENRES, PROMPT_SCORE, STYLES, caption_for, rated_caption
 from squeezegen.memory.probes import device_name, free_memory
 from squeezegen.quant.codecs.q4k_triton import q4k_decoder
 from squeezegen.sd.configurations import (
@@ -64,9 +64,9 @@ PRELOAD = (
 )
 
 
-def benchmark_prompts(n: int) -> list[str]:
-    """`n` LAPIS-style prompts, fixed (style and genre stepped through their lists)."""
-    return [caption_for(STYLES[(7 * i) % len(STYLES)], GENRES[i % len(GENRES)]) for i in range(n)]
+def benchmark_prompts(n: int, *, score: float | None = PROMPT_SCORE) -> list[str]:
+    """`n` LAPIS-style prompts asking for `score`, fixed (style and genre stepped through their lists)."""
+    return [rated_caption(caption_for(STYLES[(7 * i) % len(STYLES)], GENRES[i % len(GENRES)]), score) for i in range(n)]
 
 
 @dataclass(frozen=True, kw_only=True)

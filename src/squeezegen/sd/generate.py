@@ -12,15 +12,16 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from squeezegen.data.captions import GENRES, STYLES, caption_for
+from squeezegen.data.captions import GENRES, PROMPT_SCORE, STYLES, caption_for, rated_caption
 from squeezegen.device import default_device
 from squeezegen.errors import UserError
 from squeezegen.pictures import labelled_grid
 
 
-def sample_prompts(n: int, template: str = "{caption}") -> list[str]:
-    """`n` fixed LAPIS-style prompts: styles spread over the style list, genres cycling."""
-    return [template.format(caption=caption_for(STYLES[i * len(STYLES) // n], GENRES[i % len(GENRES)])) for i in range(n)]
+def sample_prompts(n: int, template: str = "{caption}", *, score: float | None = PROMPT_SCORE) -> list[str]:
+    """`n` fixed LAPIS-style prompts asking for `score`: styles spread over the style list, genres cycling."""
+    return [template.format(caption=rated_caption(caption_for(STYLES[i * len(STYLES) // n], GENRES[i % len(GENRES)]), score))
+            for i in range(n)]
 
 
 def load_pipeline(

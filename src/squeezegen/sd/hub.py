@@ -38,20 +38,21 @@ _AUTH_HELP = (
 )
 
 
-def fetch_base(spec: str, out_dir: str | os.PathLike, *, seed: int) -> Path:
+def fetch_base(spec: str, out_dir: str | os.PathLike, *, seed: int, pipe: StableDiffusionPipeline | None = None) -> Path:
     """Write the base pipeline named by `spec` to `out_dir` (atomically) as a diffusers folder.
 
     `spec` is `tiny` (a tiny SD-architecture pipeline built from `seed`, offline), an existing
     local diffusers folder (validated by loading it, then re-saved in its own dtype: fp16 stays
     fp16), or a hub repo id
     (fp16 safetensors, configs and tokenizer downloaded; no safety checker). The result loads
-    offline with `StableDiffusionPipeline.from_pretrained(out_dir)`.
+    offline with `StableDiffusionPipeline.from_pretrained(out_dir)`. `pipe`, when given, is the
+    `tiny` pipeline already built (and pretrained) by the caller.
     Raises UserError when the folder is not a pipeline or the hub cannot provide the model.
     """
     if spec == "tiny":
         from squeezegen.sd.tiny import build_tiny_pipeline  # local import: needs the caption corpus only here
 
-        pipe = build_tiny_pipeline(seed)
+        pipe = pipe if pipe is not None else build_tiny_pipeline(seed)
     elif Path(spec).expanduser().is_dir():
         pipe = _load_local(Path(spec).expanduser())
     elif _REPO_ID.match(spec) and not spec.startswith((".", "/", "~")):

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from squeezegen.data.captions import rated_caption
 from squeezegen.files import atomic_path, sha256_file
 from squeezegen.seed import seed_everything
 from squeezegen.training import LoopSettings, TrainResult, make_accelerator, train
@@ -58,6 +59,7 @@ class LoraSettings:
     use_8bit_adam: bool = False
     num_workers: int = 0
     prompt_template: str = "{caption}"
+    rating_in_caption: bool = False  # append each image's rating ("…, rated 8 of 10", data.captions.rated_caption)
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
@@ -79,16 +81,19 @@ class LoraResult:
 
 
 class CaptionedImages(Dataset):
-    """(image, caption) rows → {"pixel_values": (3, R, R) in [-1, 1], "input_ids": (77,)}, no randomness."""
+    """(image, caption[, score]) rows → {"pixel_values": (3, R, R) in [-1, 1], "input_ids": (77,)}, no randomness."""
 
     def __init__(self, rows: Any, tokenizer: CLIPTokenizer, *, resolution: int, prompt_template: str,
-                 image_column: str = "image_sd", caption_column: str = "caption") -> None:
+                 image_column: str = "image_sd", caption_column: str = "caption", score_column: str | None = None) -> None:
         self.rows = rows
         self.image_column = image_column
-        prompts = [prompt_template.format(caption=c) for c in rows[caption_column]]
+        captions = rows[caption_column]
+        if score_column is not None:  # the image's rating joins its caption; an unrated image keeps the caption alone
+            captions = [rated_caption(c, s) for c, s in zip(captions, rows[score_column])]
+        self.prompts = [prompt_template.format(caption=c) for c in captions]
         # Longer prompts are truncated at the tokenizer's limit (77 for CLIP), as the pipeline does.
         self.input_ids = tokenizer(
-            prompts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
+            self.prompts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
         ).input_ids  # (N, 77)
         self.transform = transforms.Compose([
             transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
@@ -134,6 +139,7 @@ def train_lora(
     stop_after: int | None = None,
     image_column: str = "image_sd",
     caption_column: str = "caption",
+    score_column: str = "score",
 ) -> LoraResult:
     """Train a LoRA adapter on the UNet of the pipeline in `base_dir` and save only the adapter.
 
@@ -172,7 +178,8 @@ def train_lora(
     total = sum(p.numel() for p in unet.parameters())
 
     examples = CaptionedImages(dataset, tokenizer, resolution=settings.resolution, prompt_template=settings.prompt_template,
-                               image_column=image_column, caption_column=caption_column)
+                               image_column=image_column, caption_column=caption_column,
+                               score_column=score_column if settings.rating_in_caption and score_column in dataset.column_names else None)
     loss_fn = _make_loss(vae=vae, text_encoder=text_encoder, noise_scheduler=noise_scheduler,
                          weight_dtype=weight_dtype, min_snr_gamma=settings.min_snr_gamma)
     result = train(
@@ -228,34 +235,41 @@ def save_adapter(unet: UNet2DConditionModel, out_dir: str | os.PathLike) -> Path
     return Path(out_dir) / ADAPTER_FILE
 
 
+def denoising_loss(unet: torch.nn.Module, latents: torch.Tensor, text_states: torch.Tensor, noise_scheduler: DDPMScheduler,
+                   *, min_snr_gamma: float | None = None) -> tuple[torch.Tensor, dict]:
+    """SD's training objective on scaled latents (B, 4, h, w): noise them at uniform random
+    timesteps and regress the scheduler's target (epsilon or v), optionally min-SNR-γ weighted."""
+    prediction_type = noise_scheduler.config.prediction_type
+    noise = torch.randn_like(latents)  # (B, 4, h, w)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+    ).long()  # (B,)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"unsupported prediction_type {prediction_type!r} in the base model's scheduler")
+    pred = unet(noisy, timesteps, text_states, return_dict=False)[0]  # (B, 4, h, w)
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    if min_snr_gamma is None:
+        return per_sample.mean(), {}
+    snr = compute_snr(noise_scheduler, timesteps)  # (B,)
+    weights = torch.clamp(snr, max=min_snr_gamma)
+    weights = weights / snr if prediction_type == "epsilon" else weights / (snr + 1)
+    return (per_sample * weights).mean(), {"plain_mse": per_sample.mean()}
+
+
 def _make_loss(*, vae: AutoencoderKL, text_encoder: CLIPTextModel, noise_scheduler: DDPMScheduler,
                weight_dtype: torch.dtype, min_snr_gamma: float | None) -> Callable:
-    """The denoising loss of one micro-batch, for `squeezegen.training.train`."""
-    prediction_type = noise_scheduler.config.prediction_type
+    """The denoising loss of one micro-batch of (pixels, token ids), for `squeezegen.training.train`."""
 
     def loss_fn(unet: torch.nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
             pixels = batch["pixel_values"].to(weight_dtype)  # (B, 3, H, W) in [-1, 1]
             latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor  # (B, 4, H/8, W/8)
             text_states = text_encoder(batch["input_ids"], return_dict=False)[0]  # (B, 77, D)
-        noise = torch.randn_like(latents)  # (B, 4, h, w)
-        timesteps = torch.randint(
-            0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-        ).long()  # (B,)
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
-        if prediction_type == "epsilon":
-            target = noise
-        elif prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            raise ValueError(f"unsupported prediction_type {prediction_type!r} in the base model's scheduler")
-        pred = unet(noisy, timesteps, text_states, return_dict=False)[0]  # (B, 4, h, w)
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
-        if min_snr_gamma is None:
-            return per_sample.mean(), {}
-        snr = compute_snr(noise_scheduler, timesteps)  # (B,)
-        weights = torch.clamp(snr, max=min_snr_gamma)
-        weights = weights / snr if prediction_type == "epsilon" else weights / (snr + 1)
-        return (per_sample * weights).mean(), {"plain_mse": per_sample.mean()}
+        return denoising_loss(unet, latents, text_states, noise_scheduler, min_snr_gamma=min_snr_gamma)
 
     return loss_fn

@@ -11,7 +11,8 @@ trains in seconds on a CPU, yet sized so every quantization path is exercised:
 - time embeddings, conv_in/conv_out, norms and biases → kept unquantized by the policy;
 - small tensors (≤ 1024 elements) → kept.
 
-Random weights: its images are noise-like; it exists to prove code paths, not to draw.
+Built with random weights; on the toy profile fetch_base then pretrains it on the toy train split
+(`sd.pretrain`), so it draws paintings.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusio
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from squeezegen.data.captions import all_captions
+from squeezegen.data.captions import tokenizer_corpus
 
 TEXT_WIDTH = 256  # CLIP hidden size = UNet cross_attention_dim (to_k/to_v input width)
 MAX_TOKENS = 77  # CLIP context length, as in SD 1.5
@@ -98,7 +99,8 @@ def build_tiny_pipeline(seed: int) -> StableDiffusionPipeline:
 
 
 def build_tokenizer(corpus: list[str] | None = None) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer trained on the fixed caption corpus, with ids identical on every run.
+    """A CLIP BPE tokenizer trained on the fixed caption corpus (captions, with and without a rating),
+    with ids identical on every run.
 
     Merges are learned here rather than with `tokenizers`' trainer because that trainer numbers
     the vocabulary in hash-map order, so ids changed from run to run. The vocabulary is laid
@@ -106,7 +108,7 @@ def build_tokenizer(corpus: list[str] | None = None) -> CLIPTokenizer:
     token per merge in merge order, then the two special tokens. Any text can be tokenized
     (every byte has a token); long prompts are truncated at 77 tokens like SD's.
     """
-    corpus = all_captions() if corpus is None else corpus
+    corpus = tokenizer_corpus() if corpus is None else corpus
     alphabet = list(bytes_to_unicode().values())  # fixed order: byte 33..126, 161..172, 174..255, then the rest
     words = _byte_level_words(corpus)
     merges = _learn_merges(words, MAX_MERGES)

@@ -47,6 +47,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
         max_grad_norm=lora.max_grad_norm, grad_accum=lora.grad_accum, min_snr_gamma=lora.min_snr_gamma,
         mixed_precision="no" if lora.mixed_precision == "fp32" else lora.mixed_precision, gradient_checkpointing=lora.gradient_checkpointing,
         use_8bit_adam=lora.use_8bit_adam, num_workers=lora.num_workers, prompt_template=cfg.sd.prompt_template,
+        rating_in_caption=lora.rating_in_caption,
     )
     accelerator = make_accelerator(settings.loop_settings())
     profile_key = f"profiles.{cfg.profile}"
