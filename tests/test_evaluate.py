@@ -180,7 +180,7 @@ def fake_gen() -> dict:
         "sd_base": row(params=1_658_244, bytes=6 * MIB, seconds_per_image=0.4, score_high=51.0, score_low=50.0,
                        score_control=1.0),
         "sd": row(params=1_658_244, bytes=7 * MIB, seconds_per_image=0.4, score_high=58.0, score_low=49.5,
-                  score_control=8.5, style_acc_vs_real=0.56, fd_position=0.7),
+                  score_control=8.5, style_acc_vs_real=0.56),
         "sd_compressed": row(params=1_658_244, bytes=3 * MIB, seconds_per_image=0.6),
     }
 
@@ -197,7 +197,7 @@ def test_report_shows_the_numbers_tables_and_pictures():
             "| 50.0 [47.5, 52.5] | 10.00 [8.00, 13.00] |") in text
     assert "| SD + aesthetic LoRA, uncompressed | 1,658,244 | 7.00 MiB | 0.400 | 0.50 | 0.40 | 50.0 | 10.00 |" in text  # bare
     # every generator with a score control gets a row of the standing table, the SD base too
-    assert "| SD + aesthetic LoRA, uncompressed | 58.0 | 49.5 | +8.5 | 0.56 | 0.70 |" in text
+    assert "| SD + aesthetic LoRA, uncompressed | 58.0 | 49.5 | +8.5 | 0.56 | — |" in text
     assert "| SD base, no LoRA | 51.0 | 50.0 | +1.0 | — | — |" in text
     assert "judged 66.0 [63.0, 69.0]" in text and "44.5 [41.0, 48.0]" in text and "+21.5 [+15.0, +28.0] points" in text
     assert "0.25 [0.10, 0.40] of the way" in text and "0.68 [0.55, 0.78] times the judge's" in text

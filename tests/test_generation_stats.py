@@ -242,3 +242,4 @@ def test_every_generator_gets_its_own_score_control_and_standing_but_not_the_flo
     for name in ("real_train", "rq_marginal"):
         assert not {"score_control", "style_acc_vs_real", "fd_position"} & set(figures[name])
     assert "score_control" not in figures["rq_prior_norefine"] and "fd_position" in figures["rq_prior_norefine"]
+    assert "fd_position" not in figures["sd"]  # the RQ branch's baseline does not move an SD figure

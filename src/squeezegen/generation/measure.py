@@ -162,8 +162,9 @@ def generation_figures(
 ) -> dict[str, dict[str, float | None]]:
     """Every row's quality figures on the chosen (condition, seed) samples (None: all); each
     generator's score control (`score_pairs[row]`: judged scores asked high / low, (k, n) each) and
-    its standing: style_acc_vs_real (over the judge's accuracy on real val images, held fixed) and
-    fd_position (0 = the real-image floor `real_train`, 1 = the independent-codes baseline `rq_marginal`)."""
+    style_acc_vs_real (over the judge's accuracy on real val images, held fixed); and each RQ
+    row's fd_position (0 = the real-image floor `real_train`, 1 = the independent-codes baseline
+    `rq_marginal`)."""
     out: dict[str, dict[str, float | None]] = {name: judge_figures(v, reference, conditions, seeds) for name, v in rows.items()}
     for name, pair in score_pairs.items():
         high, low = (float(take(s, conditions, seeds).mean()) for s in pair)
@@ -174,7 +175,8 @@ def generation_figures(
             continue
         if judge_style_acc and "style_acc" in row:
             row["style_acc_vs_real"] = row["style_acc"] / judge_style_acc
-        row["fd_position"] = (row["fd_judge"] - floor) / (baseline - floor) if baseline != floor else None
+        if name.startswith("rq_"):  # against the RQ branch's own baseline: an SD row's figures stay the SD branch's
+            row["fd_position"] = (row["fd_judge"] - floor) / (baseline - floor) if baseline != floor else None
     return out
 
 

@@ -41,7 +41,8 @@ def _design_sentence(design: Mapping[str, Any]) -> str:
 def _standing_table(gen: Mapping[str, Any]) -> str:
     """Score control and standing of every generator: asked SCORE_HIGH vs SCORE_LOW (SD asks through
     its caption, ", rated 8 of 10"; the same noise for both), style accuracy against the judge's on
-    real images, and fd_judge's position between the real floor (0) and the independent-codes baseline (1)."""
+    real images, and (for the RQ rows) fd_judge's position between the real floor (0) and the
+    independent-codes baseline (1)."""
     rows = [f"| generator | judged, asked {SCORE_HIGH:.0f} | judged, asked {SCORE_LOW:.0f} | score control "
             "| style acc / judge's on real | fd position |",
             "|---|---|---|---|---|---|"]
