@@ -105,3 +105,15 @@ def test_prior_speed_times_both_priors_at_each_batch_and_writes_the_ratio(tmp_pa
     assert all(r["codes_per_s"] > 0 and r["images_per_s_end_to_end"] > 0 for r in rows)
     assert set(result["perf"]["next_scale_over_rq_transformer"]) == {"1", "3"}
     assert out.with_suffix(".md").read_text().count("next_scale / rq_transformer") == 2
+
+
+def test_kquant_decode_cpu_times_every_type_against_its_matmul(tmp_path):
+    bench = load_script("kquant_decode_cpu")
+    out = tmp_path / "decode.json"
+    result = bench.main(["--rows", "4", "--cols", "512", "--tokens", "8", "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert set(result["types"]) == {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"}
+    for figures in result["types"].values():
+        for dtype in ("float32", "bfloat16"):
+            assert 0 < figures[dtype]["decode_share"] < 1 and figures[dtype]["mweights_per_s"] > 0
+    assert "| Q4_K |" in out.with_suffix(".md").read_text()
