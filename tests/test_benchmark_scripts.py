@@ -117,3 +117,14 @@ def test_kquant_decode_cpu_times_every_type_against_its_matmul(tmp_path):
         for dtype in ("float32", "bfloat16"):
             assert 0 < figures[dtype]["decode_share"] < 1 and figures[dtype]["mweights_per_s"] > 0
     assert "| Q4_K |" in out.with_suffix(".md").read_text()
+
+
+def test_unet_forward_cpu_splits_the_q4k_forward_into_decode_and_the_rest(tmp_path):
+    bench = load_script("unet_forward_cpu")
+    out = tmp_path / "forward.json"
+    result = bench.main(["--arch", "tiny", "--size", "32", "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    for dtype in ("float32", "bfloat16"):
+        r = result[dtype]
+        assert 0 < r["q4k_decode_s"] < r["q4k_s"] and r["q4k_rest_s"] == pytest.approx(r["q4k_s"] - r["q4k_decode_s"])
+    assert result["q4k_fraction"] > 0.5
