@@ -19,7 +19,7 @@ import torch
 from gguf.constants import GGMLQuantizationType
 
 from squeezegen.errors import UserError
-from squeezegen.quant.codecs import q4k_triton
+from squeezegen.quant.codecs import q4k, q4k_triton
 from squeezegen.quant.codecs.q4k import dequantize_q4_k, quantize_q4_k
 from squeezegen.quant.codecs.registry import codec
 from squeezegen.quant.gguf import layers as modules
@@ -69,21 +69,21 @@ def test_triton_kernel_on_the_gpu_equals_the_torch_decode(dtype):
 
 
 def test_decoder_choice(monkeypatch):
-    monkeypatch.delenv(q4k_triton.DECODE_ENV, raising=False)
-    assert q4k_triton.q4k_decoder(torch.device("cpu")) == "torch"  # the kernel is for CUDA tensors
+    monkeypatch.delenv(q4k.DECODE_ENV, raising=False)
+    assert q4k.q4k_decoder(torch.device("cpu")) == "torch"  # the kernel is for CUDA tensors
     monkeypatch.setattr(q4k_triton, "available", lambda: True)
-    assert q4k_triton.q4k_decoder(torch.device("cuda")) == "triton"
-    monkeypatch.setenv(q4k_triton.DECODE_ENV, "torch")
-    assert q4k_triton.q4k_decoder(torch.device("cuda")) == "torch"
+    assert q4k.q4k_decoder(torch.device("cuda")) == "triton"
+    monkeypatch.setenv(q4k.DECODE_ENV, "torch")
+    assert q4k.q4k_decoder(torch.device("cuda")) == "torch"
     monkeypatch.setattr(q4k_triton, "available", lambda: False)
-    monkeypatch.delenv(q4k_triton.DECODE_ENV)
-    assert q4k_triton.q4k_decoder(torch.device("cuda")) == "torch"  # silent fallback under "auto"
-    monkeypatch.setenv(q4k_triton.DECODE_ENV, "triton")
+    monkeypatch.delenv(q4k.DECODE_ENV)
+    assert q4k.q4k_decoder(torch.device("cuda")) == "torch"  # silent fallback under "auto"
+    monkeypatch.setenv(q4k.DECODE_ENV, "triton")
     with pytest.raises(UserError, match="Triton is not installed"):
-        q4k_triton.q4k_decoder(torch.device("cuda"))
-    monkeypatch.setenv(q4k_triton.DECODE_ENV, "fast")
+        q4k.q4k_decoder(torch.device("cuda"))
+    monkeypatch.setenv(q4k.DECODE_ENV, "fast")
     with pytest.raises(UserError, match="SQUEEZEGEN_Q4K_DECODE='fast'"):
-        q4k_triton.q4k_decoder(torch.device("cpu"))
+        q4k.q4k_decoder(torch.device("cpu"))
 
 
 def test_dequantize_torch_routes_q4k_through_the_chosen_decoder(monkeypatch):
@@ -96,7 +96,7 @@ def test_dequantize_torch_routes_q4k_through_the_chosen_decoder(monkeypatch):
         calls.append(dtype)
         return codec("Q4_K").dequantize_torch(p, dtype)
 
-    monkeypatch.setattr(q4k_triton, "q4k_decoder", lambda device: "triton")
+    monkeypatch.setattr(q4k, "q4k_decoder", lambda device: "triton")
     monkeypatch.setattr(q4k_triton, "dequantize_q4_k_triton", fake_kernel)
     weight = modules.dequantize_torch(packed, GGMLQuantizationType.Q4_K, (4, 512), torch.float16)
     assert calls == [torch.float16] and weight.shape == (4, 512)

@@ -32,7 +32,7 @@ from PIL import Image
 
 from squeezegen.data.captions import GENRES, PROMPT_SCORE, STYLES, caption_for, rated_caption
 from squeezegen.memory.probes import device_name, free_memory
-from squeezegen.quant.codecs.q4k_triton import q4k_decoder
+from squeezegen.quant.codecs.q4k import q4k_decoder
 from squeezegen.sd.configurations import (
     CONFIGS,
     DEFAULT_TILE_PX,

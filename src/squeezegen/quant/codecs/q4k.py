@@ -52,6 +52,8 @@ CHUNK_BLOCKS = 1024  # super-blocks per work item (256 Ki weights): ~10 MB of te
 MAX_THREADS = 8  # worker threads at most (numpy releases the GIL inside its loops)
 
 Method = Literal["refined", "ggml", "minmax"]
+DECODE_ENV = "SQUEEZEGEN_Q4K_DECODE"  # torch: force the torch decode (comparisons); triton: a missing Triton is an error
+DECODERS = ("auto", "torch", "triton")
 
 
 # ---------------------------------------------------------------- weighted fits (sub-block columns)
@@ -382,3 +384,24 @@ def decode_blocks_torch(blocks: torch.Tensor) -> torch.Tensor:
     step = (d_dmin[:, :1] * sc).unsqueeze(-1)  # (B, 8, 1)
     offset = (d_dmin[:, 1:] * m).unsqueeze(-1)
     return (step * q - offset).reshape(-1, QK_K)  # (B, 256)
+
+
+def q4k_decoder(device: torch.device) -> str:
+    """Which Q4_K decode the layers run for tensors on `device`: "triton" (CUDA + Triton) or "torch".
+
+    Called on every forward; Triton is imported only when the kernel could be chosen, so CPU
+    runs never pay for it.
+    """
+    choice = os.environ.get(DECODE_ENV, "auto").strip().lower() or "auto"
+    if choice not in DECODERS:
+        raise UserError(f"{DECODE_ENV}={choice!r}: choose one of {', '.join(DECODERS)}")
+    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
+        return "torch"
+    from squeezegen.quant.codecs import q4k_triton
+
+    if not q4k_triton.available():
+        if choice == "triton":
+            raise UserError(f"{DECODE_ENV}=triton but Triton is not installed (pip install triton), "
+                            f"or unset {DECODE_ENV} to use the torch decode")
+        return "torch"
+    return "triton" if device.type == "cuda" else "torch"

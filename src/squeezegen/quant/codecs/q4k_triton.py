@@ -15,18 +15,13 @@ decode does.
 
 `available()` says whether the kernel can run (Triton importable); with TRITON_INTERPRET=1 set
 before import, the kernel also runs on CPU tensors through Triton's interpreter (how the tests
-check it on machines without a GPU). `q4k_decoder(device)` picks the decode the layers run:
-SQUEEZEGEN_Q4K_DECODE=torch forces the torch decode (for comparisons), =triton makes a missing
-Triton an error instead of a silent fallback.
+check it on machines without a GPU). Which decode the layers run is `q4k.q4k_decoder`'s choice.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from squeezegen.errors import UserError
 from squeezegen.quant.codecs.q4k import BLOCK_BYTES, QK_K
 
 try:
@@ -38,28 +33,9 @@ except ImportError:  # CPU-only installs: callers use the torch decode instead
 ELEMENTS_PER_PROGRAM = 2048  # 8 super-blocks per program
 
 
-DECODE_ENV = "SQUEEZEGEN_Q4K_DECODE"
-DECODERS = ("auto", "torch", "triton")
-
-
 def available() -> bool:
     """True when Triton is importable (the caller still needs a CUDA tensor, or the interpreter)."""
     return triton is not None
-
-
-def q4k_decoder(device: torch.device) -> str:
-    """Which Q4_K decode runs for tensors on `device`: "triton" (CUDA + Triton) or "torch"."""
-    choice = os.environ.get(DECODE_ENV, "auto").strip().lower() or "auto"
-    if choice not in DECODERS:
-        raise UserError(f"{DECODE_ENV}={choice!r}: choose one of {', '.join(DECODERS)}")
-    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
-        return "torch"
-    if not available():
-        if choice == "triton":
-            raise UserError(f"{DECODE_ENV}=triton but Triton is not installed (pip install triton), "
-                            f"or unset {DECODE_ENV} to use the torch decode")
-        return "torch"
-    return "triton" if device.type == "cuda" else "torch"
 
 
 if triton is not None:

@@ -24,6 +24,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from squeezegen.errors import UserError
 from squeezegen.quant.codecs import layouts as lay
+from squeezegen.quant.codecs import q4k
 from squeezegen.quant.codecs.fit import (
     AffineSpec,
     SymmetricSpec,
@@ -246,10 +247,10 @@ class Q4_K(Codec):
         return q4k_decode_blocks_torch(blocks)
 
     def runtime_decode(self, packed, dtype):
-        from squeezegen.quant.codecs import q4k_triton
+        if q4k.q4k_decoder(packed.device) == "triton":
+            from squeezegen.quant.codecs.q4k_triton import dequantize_q4_k_triton
 
-        if q4k_triton.q4k_decoder(packed.device) == "triton":
-            return q4k_triton.dequantize_q4_k_triton(packed, dtype)
+            return dequantize_q4_k_triton(packed, dtype)
         return self.dequantize_torch(packed, dtype)
 
 
