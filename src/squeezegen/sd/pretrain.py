@@ -87,10 +87,14 @@ def unet_loss(text_states: torch.Tensor, null_index: int, caption_dropout: float
     """loss_fn(unet, batch, step) on (latents, prompt index) batches: the denoising loss, each
     prompt swapped for the null prompt with probability `caption_dropout`."""
 
+    on_device: dict[torch.device, torch.Tensor] = {}  # the prompt table, moved once to the training device
+
     def loss_fn(unet: torch.nn.Module, batch: Sequence[torch.Tensor], step: int) -> torch.Tensor:
         latents, index = batch  # (B, 4, h, w), (B,)
+        if latents.device not in on_device:
+            on_device[latents.device] = text_states.to(latents.device)
         dropped = torch.rand(index.shape, device=index.device) < caption_dropout
-        states = text_states.to(latents.device)[torch.where(dropped, null_index, index)]  # (B, 77, D)
+        states = on_device[latents.device][torch.where(dropped, null_index, index)]  # (B, 77, D)
         return denoising_loss(unet, latents, states, scheduler)
 
     return loss_fn

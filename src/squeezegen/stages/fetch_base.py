@@ -29,21 +29,18 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     from squeezegen.files import folder_bytes
     from squeezegen.metrics_files import write_history_csv
     from squeezegen.sd.hub import fetch_base
+    from squeezegen.training import cleanup_checkpoints
 
     cfg = load_config(params, profile=profile)
     with stage_run("fetch_base", cfg) as run:
-        pretrain = None
-        if cfg.sd.base == "tiny":
-            pretrain = _pretrained_tiny(cfg, run)
-        fetch_base(cfg.sd.base, BASE_DIR, seed=cfg.seed, pipe=None if pretrain is None else pretrain.pop("pipe"))
+        pipe, pretrain = _pretrained_tiny(cfg, run) if cfg.sd.base == "tiny" else (None, None)
+        fetch_base(cfg.sd.base, BASE_DIR, seed=cfg.seed, pipe=pipe)
         metrics = {"base": cfg.sd.base, "bytes": folder_bytes(BASE_DIR), "pretrained_here": pretrain is not None,
                    **(pretrain or {})}
         if pretrain is None:  # a pretrained base: no curves to draw
             write_history_csv(VAE_LOSS_CSV, [], VAE_COLUMNS)
             write_history_csv(UNET_LOSS_CSV, [], UNET_COLUMNS)
         run.write_metrics("base", metrics, machine_dependent=memory_perf_keys(default_device().type))
-    from squeezegen.training import cleanup_checkpoints
-
     cleanup_checkpoints(CHECKPOINT_DIR)
     print(f"fetch_base: {cfg.sd.base} → {BASE_DIR} ({metrics['bytes'] / 2**20:.1f} MiB)"
           + (f"; pretrained: VAE L1 {metrics['vae']['final_l1']:.3f}, UNet loss {metrics['unet']['final_loss']:.3f}"
@@ -51,8 +48,8 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
     return metrics
 
 
-def _pretrained_tiny(cfg, run) -> dict:
-    """Build the tiny pipeline and pretrain it on the processed train split → {"pipe", figures…}."""
+def _pretrained_tiny(cfg, run) -> tuple[object, dict]:
+    """Build the tiny pipeline and pretrain it on the processed train split → (pipeline, its figures)."""
     from squeezegen.data.tensors import load_split_table, table_images
     from squeezegen.metrics_files import write_history_csv
     from squeezegen.sd.pretrain import PretrainSettings, pretrain_tiny
@@ -73,8 +70,7 @@ def _pretrained_tiny(cfg, run) -> dict:
     write_history_csv(VAE_LOSS_CSV, result.vae.history, VAE_COLUMNS)
     write_history_csv(UNET_LOSS_CSV, result.unet.history, UNET_COLUMNS)
     tail = max(1, len(result.unet.history) // 10)  # the UNet's loss is noisy step to step: the last tenth's mean
-    return {
-        "pipe": pipe,
+    return pipe, {
         "train_images": len(images),
         "prompts": result.prompts,
         "vae": {"steps": settings.vae_steps, "final_l1": result.vae.history[-1]["l1"],
