@@ -19,7 +19,7 @@ import torch
 from gguf.constants import GGMLQuantizationType
 
 from squeezegen.errors import UserError
-from squeezegen.quant.codecs import q4k, q4k_triton
+from squeezegen.quant.codecs import q4k, q4k_native, q4k_triton
 from squeezegen.quant.codecs.q4k import dequantize_q4_k, quantize_q4_k
 from squeezegen.quant.codecs.registry import codec
 from squeezegen.quant.gguf import layers as modules
@@ -70,7 +70,8 @@ def test_triton_kernel_on_the_gpu_equals_the_torch_decode(dtype):
 
 def test_decoder_choice(monkeypatch):
     monkeypatch.delenv(q4k.DECODE_ENV, raising=False)
-    assert q4k.q4k_decoder(torch.device("cpu")) == "torch"  # the kernel is for CUDA tensors
+    monkeypatch.setattr(q4k_native, "available", lambda: False)
+    assert q4k.q4k_decoder(torch.device("cpu")) == "torch"  # Triton's kernel is for CUDA tensors
     monkeypatch.setattr(q4k_triton, "available", lambda: True)
     assert q4k.q4k_decoder(torch.device("cuda")) == "triton"
     monkeypatch.setenv(q4k.DECODE_ENV, "torch")
@@ -81,6 +82,7 @@ def test_decoder_choice(monkeypatch):
     monkeypatch.setenv(q4k.DECODE_ENV, "triton")
     with pytest.raises(UserError, match="Triton is not installed"):
         q4k.q4k_decoder(torch.device("cuda"))
+    assert q4k.q4k_decoder(torch.device("cpu")) == "torch"  # a CUDA kernel named does not apply to CPU tensors
     monkeypatch.setenv(q4k.DECODE_ENV, "fast")
     with pytest.raises(UserError, match="SQUEEZEGEN_Q4K_DECODE='fast'"):
         q4k.q4k_decoder(torch.device("cpu"))

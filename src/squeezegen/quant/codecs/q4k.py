@@ -52,8 +52,8 @@ CHUNK_BLOCKS = 1024  # super-blocks per work item (256 Ki weights): ~10 MB of te
 MAX_THREADS = 8  # worker threads at most (numpy releases the GIL inside its loops)
 
 Method = Literal["refined", "ggml", "minmax"]
-DECODE_ENV = "SQUEEZEGEN_Q4K_DECODE"  # torch: force the torch decode (comparisons); triton: a missing Triton is an error
-DECODERS = ("auto", "torch", "triton")
+DECODE_ENV = "SQUEEZEGEN_Q4K_DECODE"  # torch: force the torch decode (comparisons); triton / native: a missing kernel is an error
+DECODERS = ("auto", "torch", "triton", "native")
 
 
 # ---------------------------------------------------------------- weighted fits (sub-block columns)
@@ -387,21 +387,29 @@ def decode_blocks_torch(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def q4k_decoder(device: torch.device) -> str:
-    """Which Q4_K decode the layers run for tensors on `device`: "triton" (CUDA + Triton) or "torch".
+    """Which Q4_K decode the layers run for tensors on `device`: "triton" (CUDA + Triton),
+    "native" (the compiled CPU kernel, `codecs/q4k_native.py`) or "torch" (any device).
 
-    Called on every forward; Triton is imported only when the kernel could be chosen, so CPU
-    runs never pay for it.
+    Called on every forward; Triton is imported only when its kernel could be chosen, and the CPU
+    kernel is built only when a CPU tensor needs it. Under "auto" a missing kernel falls back to
+    the torch decode (same bits); a kernel named in $SQUEEZEGEN_Q4K_DECODE must be there.
     """
     choice = os.environ.get(DECODE_ENV, "auto").strip().lower() or "auto"
     if choice not in DECODERS:
         raise UserError(f"{DECODE_ENV}={choice!r}: choose one of {', '.join(DECODERS)}")
-    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
-        return "torch"
-    from squeezegen.quant.codecs import q4k_triton
+    kernel = {"cuda": "triton", "cpu": "native"}.get(device.type)
+    if choice == "torch" or kernel is None or choice not in ("auto", kernel):
+        return "torch"  # a kernel named for the other device type does not apply here
+    if kernel == "triton":
+        from squeezegen.quant.codecs import q4k_triton as module
 
-    if not q4k_triton.available():
-        if choice == "triton":
-            raise UserError(f"{DECODE_ENV}=triton but Triton is not installed (pip install triton), "
-                            f"or unset {DECODE_ENV} to use the torch decode")
-        return "torch"
-    return "triton" if device.type == "cuda" else "torch"
+        missing = "Triton is not installed (pip install triton)"
+    else:
+        from squeezegen.quant.codecs import q4k_native as module
+
+        missing = "the CPU kernel could not be built (no C compiler? see the warning above)"
+    if module.available():
+        return kernel
+    if choice == kernel:
+        raise UserError(f"{DECODE_ENV}={kernel} but {missing}; unset {DECODE_ENV} to use the torch decode")
+    return "torch"

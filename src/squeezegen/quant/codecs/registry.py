@@ -247,10 +247,16 @@ class Q4_K(Codec):
         return q4k_decode_blocks_torch(blocks)
 
     def runtime_decode(self, packed, dtype):
-        if q4k.q4k_decoder(packed.device) == "triton":
+        decoder = q4k.q4k_decoder(packed.device)
+        if decoder == "triton":
             from squeezegen.quant.codecs.q4k_triton import dequantize_q4_k_triton
 
             return dequantize_q4_k_triton(packed, dtype)
+        if decoder == "native":
+            from squeezegen.quant.codecs import q4k_native
+
+            if q4k_native.supports(dtype):
+                return q4k_native.dequantize_q4_k_native(packed, dtype)
         return self.dequantize_torch(packed, dtype)
 
 
