@@ -195,3 +195,32 @@ def test_phase_residency_computes_the_same_bits_as_the_resident_pipeline(runs):
         bundle = runs[name]["bundle"]
         assert bundle.spec.cuda_graph and bundle.cuda_graph is None and not hasattr(bundle.pipe.unet, "cuda_graph")
         assert any("no CUDA graph" in note for note in bundle.notes)
+
+
+def test_cpu_dtype_auto_follows_the_cpu(monkeypatch):
+    from squeezegen import device
+
+    assert device.cpuinfo_has_bf16("processor : 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
+    assert device.cpuinfo_has_bf16("flags : fpu amx_bf16 amx_tile\n")
+    assert not device.cpuinfo_has_bf16("flags : fpu sse2 avx2 avx512f avx512bw\n")
+    for has_bf16, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(device, "cpu_has_bf16", lambda: has_bf16)
+        assert device.cpu_compute_dtype("auto") == expected
+        assert device.cpu_compute_dtype("fp32") == torch.float32 and device.cpu_compute_dtype("bf16") == torch.bfloat16
+
+
+def test_bf16_on_a_cpu_runs_every_part_in_bf16_close_to_fp32_and_auto_without_bf16_is_fp32(files, runs, monkeypatch):
+    from squeezegen import device
+
+    name = "q4k_unet_int8_clip_cpu_vae"
+    bf16 = build_pipeline(name, base_dir=files["base"], quant_dir=files["quant"], device="cpu", cpu_dtype="bf16")
+    assert bf16.dtype == bf16.vae_dtype == torch.bfloat16 and bf16.pipe.vae.dtype == torch.bfloat16
+    images = generate_measured(bf16, [PROMPT, PROMPT], [0, 1], steps=STEPS, size=SIZE).images
+    fp32_images = runs[name]["result"].images
+    drift = [_psnr(a, b) for a, b in zip(images, fp32_images)]
+    assert min(drift) > 20 and any(_pixels(a).tobytes() != _pixels(b).tobytes() for a, b in zip(images, fp32_images))
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    auto = build_pipeline(name, base_dir=files["base"], quant_dir=files["quant"], device="cpu", cpu_dtype="auto")
+    assert auto.dtype == torch.float32
+    same = generate_measured(auto, [PROMPT, PROMPT], [0, 1], steps=STEPS, size=SIZE).images
+    assert all(np.array_equal(_pixels(a), _pixels(b)) for a, b in zip(same, fp32_images))  # fp32: today's bytes

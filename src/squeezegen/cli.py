@@ -118,6 +118,7 @@ def generate(
         image, peaks = generate_compressed(
             prompt, base_dir=base, quant_dir=quantized, seed=seed, steps=steps, size=size,
             guidance_scale=cfg.benchmark.guidance_scale, compute_dtype=cfg.benchmark.compute_dtype,
+            cpu_dtype=cfg.benchmark.cpu_dtype,
         )
         typer.echo("peak memory: " + ", ".join(f"{k}={fmt_bytes(v)}" for k, v in peaks.items() if isinstance(v, (int, float))))
     else:

@@ -163,6 +163,7 @@ class BenchmarkConfig:
                            "q4k_unet_int8_clip_tiled_vae", "lean", "lean_cfg_batch", "lean_tiny_vae",
                            "fp16_model_offload", "fp16_sequential_offload"], ...]
     compute_dtype: Literal["float16", "bfloat16", "float32"]
+    cpu_dtype: Literal["fp32", "bf16", "auto"] = "auto"
     guidance_scale: float = _range(0.0)
     repeats: int = _range(1)
     arch: Literal["pipeline", "sd15"] = "pipeline"

@@ -291,7 +291,7 @@ def style_genre_picture(gen, val_cond: Conditions, settings: SamplingSettings):
 
 def evaluate_sd(
     config_name: str, cond: Conditions, *, seeds: Sequence[int], base_dir, lora_dir, quant_dir, steps: int, size: int,
-    guidance: float, compute_dtype: str, judge,
+    guidance: float, compute_dtype: str, cpu_dtype: str, judge,
 ) -> tuple[Verdicts, tuple[np.ndarray, np.ndarray], float, torch.Tensor]:
     """One SD configuration, once per sampling seed (seed + i for the i-th condition), on the
     conditions' captions asking for each condition's rating, then for SCORE_HIGH and SCORE_LOW with
@@ -303,7 +303,7 @@ def evaluate_sd(
 
     device = default_device()
     bundle = build_pipeline(config_name, base_dir=base_dir, lora_dir=lora_dir, quant_dir=quant_dir, device=device,
-                            compute_dtype=compute_dtype)
+                            compute_dtype=compute_dtype, cpu_dtype=cpu_dtype)
     n = len(cond)
     asked = [rated_caption(c, s) for c, s in zip(cond.captions, cond.scores)]
     high, low = ([rated_caption(c, score) for c in cond.captions] for score in (SCORE_HIGH, SCORE_LOW))
@@ -376,7 +376,7 @@ def run_generation(cfg, *, processed_dir: Path, judge_dir: Path, prior_dir: Path
         verdicts[name], score_pairs[name], seconds[name], shown[name] = evaluate_sd(
             config_name, cond, seeds=seeds, base_dir=base_dir, lora_dir=lora_dir if with_lora else None, quant_dir=quant_dir,
             steps=cfg.sd.infer_steps, size=cfg.data.sd_size, guidance=cfg.benchmark.guidance_scale,
-            compute_dtype=cfg.benchmark.compute_dtype, judge=judge,
+            compute_dtype=cfg.benchmark.compute_dtype, cpu_dtype=cfg.benchmark.cpu_dtype, judge=judge,
         )
 
     figures = generation_figures(verdicts, reference, score_pairs=score_pairs, judge_style_acc=real_val.get("style_acc"))

@@ -86,6 +86,7 @@ class BenchmarkJob:
     vae_tile_px: int = DEFAULT_TILE_PX
     lean_text_encoder: str = "cpu"
     tiny_vae: str = "config"
+    cpu_dtype: str = "fp32"
 
     def timed_inputs(self) -> tuple[list[str], list[int]]:
         prompts = benchmark_prompts(self.repeats)
@@ -136,6 +137,7 @@ def _run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
         quant_dir=job.quant_dir,
         device=device,
         compute_dtype=job.compute_dtype,
+        cpu_dtype=job.cpu_dtype,
         vae_tile_px=job.vae_tile_px,
         lean_text_encoder=job.lean_text_encoder,
         tiny_vae=job.tiny_vae,
@@ -157,6 +159,8 @@ def _run_config(config_name: str, job: BenchmarkJob) -> dict[str, Any]:
         "device": str(device),
         "compute_dtype": str(bundle.dtype).removeprefix("torch."),
         "vae_device": str(bundle.vae_device),
+        "vae_dtype": str(bundle.vae_dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),  # intra-op threads the CPU work ran on
         **{k: v for k, v in _spec_fields(bundle.spec, device).items() if k not in ("device", "device_name")},
         "attention_processors": attention_processors(bundle.pipe),
         # per F.scaled_dot_product_attention call of one image; under a CUDA graph only the warm-up and

@@ -15,6 +15,11 @@ from squeezegen.sd.configurations import (
 )
 
 
+def _threads(summary: dict) -> int | None:
+    """The intra-op thread count the configurations ran on (the same for all of a run)."""
+    return next((summary[n]["threads"] for n in summary["configs"] if summary[n].get("threads")), None)
+
+
 def measured(summary: dict[str, Any]) -> list[str]:
     """The configurations that ran (not skipped), in order."""
     return [n for n in summary["configs"] if "skipped" not in summary[n]]
@@ -47,7 +52,8 @@ def memory_table(summary: dict[str, Any], lpips_name: str = "lpips") -> str:
     lines = [
         f"Device: {summary['device']} · arch: {summary['arch']} · {summary['settings']['size']} px, "
         f"{summary['settings']['steps']} steps, guidance {summary['settings']['guidance']}, batch 1"
-        + (f" · Q4_K decode: {summary['q4k_decoder']}" if summary.get("q4k_decoder") else ""),
+        + (f" · Q4_K decode: {summary['q4k_decoder']}" if summary.get("q4k_decoder") else "")
+        + (f" · {threads} CPU threads" if (threads := _threads(summary)) else ""),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

@@ -3,12 +3,12 @@
 Configurations (each adds one saving to the previous):
 
 - `fp16`: the base pipeline with the LoRA fused in, everything on the device in half precision
-  (fp32 on a CPU, where half precision is slow and not what a CPU user would run);
+  (on a CPU in its compute dtype, fp32 or bf16: `cpu_dtype`; half precision is slow there);
 - `q4k_unet`: the UNet from `quant_dir/unet.gguf` (LoRA already fused in by the quantize stage),
   its Linear and Conv2d weights kept packed and dequantized layer by layer; the rest as fp16;
 - `q4k_unet_int8_clip`: + the 8-bit CLIP text encoder from `quant_dir/text_encoder/`;
-- `q4k_unet_int8_clip_cpu_vae`: + the VAE kept on the CPU in fp32: latents are generated on the
-  device (`output_type="latent"`), moved to the CPU and decoded there;
+- `q4k_unet_int8_clip_cpu_vae`: + the VAE kept on the CPU (in the CPU compute dtype): latents are
+  generated on the device (`output_type="latent"`), moved to the CPU and decoded there;
 - `q4k_unet_int8_clip_tiled_vae`: instead, the VAE on the device in half precision, decoding in
   tiles of `vae_tile_px` (diffusers' AutoencoderKL tiling);
 - `lean`: that, plus phase residency (`sd.residency`: each component on the device only for its
@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from squeezegen.device import default_device
+from squeezegen.device import CpuDtype, cpu_compute_dtype, default_device
 from squeezegen.errors import UserError
 from squeezegen.memory.accounting import component_bytes
 from squeezegen.memory.probes import PeakMemory, free_memory, measure_peak
@@ -85,10 +85,11 @@ TEXT_ENCODER_DIR = "text_encoder"
 PHASES = ("encode", "denoise", "decode")
 
 
-def resolve_dtype(device: str | torch.device, compute_dtype: str | torch.dtype) -> torch.dtype:
-    """The dtype a configuration computes in: `compute_dtype` on a GPU, float32 on a CPU."""
+def resolve_dtype(device: str | torch.device, compute_dtype: str | torch.dtype, cpu_dtype: CpuDtype = "fp32") -> torch.dtype:
+    """The dtype a configuration computes in: `compute_dtype` on a GPU, `cpu_dtype` on a CPU
+    (fp32 | bf16 | auto: `device.cpu_compute_dtype`)."""
     if torch.device(device).type == "cpu":
-        return torch.float32
+        return cpu_compute_dtype(cpu_dtype)
     return getattr(torch, compute_dtype) if isinstance(compute_dtype, str) else compute_dtype
 
 
@@ -212,6 +213,7 @@ def build_pipeline(
     quant_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     compute_dtype: str | torch.dtype = "float16",
+    cpu_dtype: CpuDtype = "fp32",
     vae_tile_px: int = DEFAULT_TILE_PX,
     lean_text_encoder: str = "cpu",
     tiny_vae: str = "config",
@@ -221,7 +223,9 @@ def build_pipeline(
 
     base_dir: a diffusers StableDiffusionPipeline folder (tokenizer, scheduler, VAE, text encoder
     and, for fp16, the UNet). lora_dir: LoRA weights fused into the fp16 UNet (the q4k UNet already
-    has them). quant_dir: the quantize stage's folder (unet.gguf, text_encoder/). vae_tile_px: tile
+    has them). quant_dir: the quantize stage's folder (unet.gguf, text_encoder/). compute_dtype: the
+    dtype on a GPU; cpu_dtype: on a CPU (fp32 | bf16 | auto), also for the parts a GPU
+    configuration keeps on the CPU (the CPU VAE, the lean text encoder). vae_tile_px: tile
     side of the tiled decode; lean_text_encoder: where `lean*` run the 8-bit text encoder (cpu |
     device); tiny_vae / seed: the AutoencoderTiny source (`sd.lean.build_tiny_vae`). The load is
     measured with `measure_peak` (bundle.load_peak). Raises UserError for a missing folder.
@@ -235,9 +239,10 @@ def build_pipeline(
         raise UserError(f"lean_text_encoder {lean_text_encoder!r}: choose cpu or device")
     spec = SPECS[config_name]
     device = torch.device(device) if device is not None else default_device()
-    dtype = resolve_dtype(device, compute_dtype)
+    dtype = resolve_dtype(device, compute_dtype, cpu_dtype)
+    cpu_dtype_resolved = cpu_compute_dtype(cpu_dtype)
     base_dir = _check_dir(Path(base_dir), "base pipeline folder", "run `dvc repro fetch_base` first")
-    vae_device, vae_dtype = (torch.device("cpu"), torch.float32) if spec.vae == "cpu" else (device, dtype)
+    vae_device, vae_dtype = (torch.device("cpu"), cpu_dtype_resolved) if spec.vae == "cpu" else (device, dtype)
     te_on_cpu = spec.placement == "phase" and lean_text_encoder == "cpu"
     # Phase residency and diffusers' offloading start from the CPU; the hooks move things in.
     load_device = device if spec.placement == "resident" else torch.device("cpu")
@@ -251,7 +256,7 @@ def build_pipeline(
         if spec.text_encoder == "int8":
             components["text_encoder"] = _load_int8_text_encoder(
                 quant_dir, torch.device("cpu") if te_on_cpu else load_device,
-                torch.float32 if te_on_cpu else dtype,  # on the CPU it computes in fp32 (fp16 matmuls are slow there)
+                cpu_dtype_resolved if te_on_cpu else dtype,  # on the CPU, the CPU's dtype (fp16 matmuls are slow there)
             )
         if spec.vae == "cpu":
             from diffusers import AutoencoderKL
@@ -403,6 +408,7 @@ def generate_compressed(
     size: int = 512,
     guidance_scale: float = 7.5,
     compute_dtype: str | torch.dtype = "float16",
+    cpu_dtype: CpuDtype = "fp32",
     config_name: str = "q4k_unet_int8_clip_cpu_vae",
     device: str | torch.device | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
@@ -412,7 +418,8 @@ def generate_compressed(
     (bytes) over the generation, `weights_bytes` resident, the device, and per-phase details.
     """
     bundle = build_pipeline(
-        config_name, base_dir=base_dir, quant_dir=quant_dir, device=device, compute_dtype=compute_dtype
+        config_name, base_dir=base_dir, quant_dir=quant_dir, device=device, compute_dtype=compute_dtype,
+        cpu_dtype=cpu_dtype,
     )
     result = generate_measured(bundle, [prompt], [seed], steps=steps, size=size, guidance=guidance_scale)
     peaks = result.peak()

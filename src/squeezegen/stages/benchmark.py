@@ -59,6 +59,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
                 quant_dir=str(quant_dir),
                 device=str(device),
                 compute_dtype=settings.compute_dtype,
+                cpu_dtype=settings.cpu_dtype,
                 seed=cfg.seed,
                 steps=cfg.sd.infer_steps,
                 size=settings.size,

@@ -53,7 +53,7 @@ def sd_sample_grid(cfg: Config, prompts: list[str], seeds: list[int]):
     for name in ROW_LABELS:
         bundle = build_pipeline(
             name, base_dir=BASE_DIR, lora_dir=LORA_DIR, quant_dir=QUANT_DIR, device=device,
-            compute_dtype=cfg.benchmark.compute_dtype,
+            compute_dtype=cfg.benchmark.compute_dtype, cpu_dtype=cfg.benchmark.cpu_dtype,
         )
         result = generate_measured(
             bundle, prompts, seeds, steps=cfg.sd.infer_steps, size=cfg.data.sd_size, guidance=cfg.benchmark.guidance_scale
