@@ -128,3 +128,55 @@ def test_unet_forward_cpu_splits_the_q4k_forward_into_decode_and_the_rest(tmp_pa
         r = result[dtype]
         assert 0 < r["q4k_decode_s"] < r["q4k_s"] and r["q4k_rest_s"] == pytest.approx(r["q4k_s"] - r["q4k_decode_s"])
     assert result["q4k_fraction"] > 0.5
+    assert set(result["profile_bf16"]) == {"uncompressed", "q4k"}
+    assert result["profile_bf16"]["q4k"]["decode"] > 0 and result["profile_bf16"]["uncompressed"]["decode"] == 0
+    assert result["profile_bf16"]["q4k"]["convolution"] > 0 and result["profile_bf16"]["q4k"]["matmul"] > 0
+
+
+def _sdcpp_result(*, sdcpp_loaded: bool) -> dict:
+    """A finished sd15 run's figures, shaped as `run_sd15` writes them (numbers made up for the table)."""
+    bench = load_script("sdcpp_export")
+    perf = {f"ours_{label}": {"generate_seconds": s, "peak_rss": rss, "compute_dtype": dtype,
+                              "seconds": {"text_encoder": 0.1, "sampling": s - 1.1, "vae_decode": 1.0}}
+            for (label, (_, dtype)), s, rss in zip(bench.OURS.items(), (40.0, 15.0, 50.0, 18.0), (7e9, 4e9, 3e9, 2e9))}
+    if sdcpp_loaded:
+        perf["sdcpp"] = {"generate_seconds": 30.0, "peak_rss": 2.2e9}
+    return {"settings": {"size": 256, "steps": 4, "threads": 2}, "perf": perf,
+            "sdcpp": {"loaded": True} if sdcpp_loaded else {"loaded": False, "error": bench.INSTALL_HINT},
+            "compare": {"psnr_ours_bf16_vs_ours_fp32_db": 36.0, "psnr_ours_compressed_vs_ours_fp32_db": 29.0}}
+
+
+def test_sdcpp_export_targets_compare_the_runs_of_one_result():
+    bench = load_script("sdcpp_export")
+    result = _sdcpp_result(sdcpp_loaded=True)
+    t = bench.targets(result)
+    assert t["compressed_vs_fp32_time"] == {"value": 18.0 / 40.0, "met": True}
+    assert t["compressed_vs_sdcpp_time"] == {"value": 18.0 / 30.0, "met": True}
+    assert t["compressed_vs_sdcpp_peak_rss"]["met"] and t["bf16_psnr_db"]["met"]
+    assert t["compressed_psnr_db"] == {"value": 29.0, "met": False}
+    result["targets"] = t
+    table = bench.markdown(result)
+    assert "| stable-diffusion.cpp on our export | its own" in table and "| compressed_psnr_db | 29.00 | False |" in table
+
+
+def test_sdcpp_export_without_the_binding_says_how_to_install_it(monkeypatch):
+    bench = load_script("sdcpp_export")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert bench.sdcpp_missing() == bench.INSTALL_HINT and "pip install" in bench.INSTALL_HINT
+    result = _sdcpp_result(sdcpp_loaded=False)
+    result["targets"] = bench.targets(result)
+    assert result["targets"]["compressed_vs_sdcpp_time"] == {"value": None, "met": None}
+    row = next(line for line in bench.markdown(result).splitlines() if line.startswith("| stable-diffusion.cpp"))
+    assert "did not run: stable-diffusion-cpp-python is not installed: pip install" in row
+
+
+def test_sdcpp_export_compares_the_images_it_has():
+    import numpy as np
+
+    bench = load_script("sdcpp_export")
+    base = np.full((8, 8, 3), 100.0)
+    images = {"fp32": base, "bf16": base + 1, "compressed": base + 4}
+    out = bench.compare_images(images)
+    assert out["psnr_ours_bf16_vs_ours_fp32_db"] == pytest.approx(20 * np.log10(255))
+    assert out["psnr_ours_bf16_vs_ours_fp32_db"] > out["psnr_ours_compressed_vs_ours_fp32_db"]
+    assert not any(k.startswith("psnr_sdcpp") for k in out)  # no sd.cpp image, no sd.cpp figure
