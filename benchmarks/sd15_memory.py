@@ -12,7 +12,7 @@ residency trace, the device name, GGUF size and Q4_K fraction; plus <out>.png (o
 configuration) and <out>_frontier.png (peak memory against seconds per image), and prints a table.
 
     python benchmarks/sd15_memory.py                          # GPU: 512 px, 20 steps, guidance 7.5
-    python benchmarks/sd15_memory.py --size 256 --steps 2     # CPU check (fp32, ~15 min on 2 cores)
+    python benchmarks/sd15_memory.py --size 256 --steps 2     # CPU check (~15 min on 2 cores; --cpu-dtype fp32|bf16|auto)
 
 Targets it checks (defined for CUDA at 512 px): q4k_unet_int8_clip_cpu_vae below 1.5 GB and 40% of
 fp16's peak; `lean` at most 0.60 GB (6e8 bytes) peak allocated and 1.5 s per image, below
@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the sampling noise")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     p.add_argument("--compute-dtype", default="float16", choices=["float16", "bfloat16"], help="GPU compute dtype")
+    p.add_argument("--cpu-dtype", default="auto", choices=["fp32", "bf16", "auto"],
+                   help="CPU compute dtype (auto: bf16 where the CPU has AMX or AVX512-BF16)")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="configurations")
     p.add_argument("--vae-tile-px", type=int, default=256, help="tiled VAE decode: tile side in px (multiple of 32)")
     p.add_argument("--lean-text-encoder", default="cpu", choices=["cpu", "device"], help="where lean* run the int8 text encoder")
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             base_dir=str(base_dir), lora_dir=None, quant_dir=str(quant_dir), device=device,
             compute_dtype=args.compute_dtype, seed=args.seed, steps=args.steps, size=args.size,
             guidance=args.guidance, repeats=args.repeats, vae_tile_px=args.vae_tile_px,
-            lean_text_encoder=args.lean_text_encoder, tiny_vae=args.tiny_vae,
+            lean_text_encoder=args.lean_text_encoder, tiny_vae=args.tiny_vae, cpu_dtype=args.cpu_dtype,
         )
         results = {}
         for name in args.configs:  # one at a time, so a run cut short still shows what it measured
