@@ -61,6 +61,7 @@ def _stage_command(stage: str, summary: str) -> None:
 
 
 for _stage, _summary in [
+    ("check_params", "Stage check_params: validate all of params.yaml (every profile) → data/params_checked.json."),
     ("fetch_data", "Stage fetch_data: synthetic art, LAPIS or a folder → data/raw/."),
     ("preprocess", "Stage preprocess: validate, caption, resize, split → data/processed/."),
     ("fetch_base", "Stage fetch_base: SD 1.5 from the hub (or a tiny SD built locally) → models/base/."),
