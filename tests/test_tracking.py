@@ -63,7 +63,7 @@ def test_split_perf_moves_speed_and_load_figures_under_perf_and_merge_undoes_it(
     from squeezegen.metrics_files import memory_perf_keys, merge_perf, split_perf
 
     metrics = {
-        "psnr": 20.0, "seconds": 1.5, "steps_per_s": 3.0,
+        "psnr": 20.0, "seconds": 1.5, "steps_per_s": 3.0, "resumed_from_step": 200,
         "fp16": {"weights_bytes": 10, "peak_bytes": 99, "seconds_per_image": 0.3, "peak_rss": 7,
                  "phases": {"decode": {"peak_rss": 5}}},
         "perf": {"already": 1},
@@ -72,7 +72,7 @@ def test_split_perf_moves_speed_and_load_figures_under_perf_and_merge_undoes_it(
     assert split == {
         "psnr": 20.0,
         "fp16": {"weights_bytes": 10},
-        "perf": {"already": 1, "seconds": 1.5, "steps_per_s": 3.0,
+        "perf": {"already": 1, "seconds": 1.5, "steps_per_s": 3.0, "resumed_from_step": 200,  # what the timings cover
                  "fp16": {"peak_bytes": 99, "seconds_per_image": 0.3, "peak_rss": 7, "phases": {"decode": {"peak_rss": 5}}}},
     }
     on_cuda = split_perf(metrics, machine_dependent=memory_perf_keys("cuda"))

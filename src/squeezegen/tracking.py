@@ -10,9 +10,10 @@ the lock file's hash, and (after the stage) the DVC md5 of each of its deps and 
 
 A run ends FINISHED, FAILED (the stage raised) or KILLED (Ctrl-C, or SIGTERM from `dvc queue kill`
 or a scheduler; the stage then exits with code 143). A run whose process died without a word
-(SIGKILL, the kernel's out-of-memory killer) stays RUNNING in the store; the next run of the same
+(SIGKILL, the kernel's out-of-memory killer) stays RUNNING in the store; the next run of any
 stage on the same machine finds it by its `host` / `pid` tags and marks it FAILED
-(`mark_stale_runs`).
+(`mark_stale_runs`): the killed stage itself may never run again (DVC can restore its outputs
+from the run cache instead).
 
 The metrics files themselves (layout, the `perf` split, loss curves) are `squeezegen.metrics_files`.
 """
@@ -185,17 +186,17 @@ def _process_alive(pid: int, start: str) -> bool:
     return Path(f"/proc/{pid}").exists() and _proc_start(pid) == start
 
 
-def mark_stale_runs(client: Any, experiment_id: str, stage: str, *, note: str = "") -> list[str]:
-    """End as FAILED every RUNNING run of `stage` whose process is gone; returns their run ids.
+def mark_stale_runs(client: Any, experiment_id: str, stage: str | None = None, *, note: str = "") -> list[str]:
+    """End as FAILED every RUNNING run (of `stage`, or of any stage) whose process is gone;
+    returns their run ids.
 
     Only runs made on this host are judged (another machine's processes cannot be seen from
     here), by their `pid` + `pid_start` tags; a RUNNING run without those tags was made by a
     version of squeezegen that did not record its process, so it is stale too.
     """
     stale = []
-    for found in client.search_runs(
-        [experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'", max_results=1000
-    ):
+    which = f"tags.stage = '{stage}' and " if stage else ""
+    for found in client.search_runs([experiment_id], filter_string=f"{which}attributes.status = 'RUNNING'", max_results=1000):
         tags = found.data.tags
         if tags.get("host", socket.gethostname()) != socket.gethostname():
             continue
@@ -213,7 +214,7 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
     """Open one MLflow run for `stage`, tagged and with that stage's params logged.
 
     The run ends FINISHED, FAILED if the block raises, KILLED on Ctrl-C or SIGTERM (see the
-    module doc); stale RUNNING runs of the same stage are marked FAILED first.
+    module doc); stale RUNNING runs of every stage are marked FAILED first.
     Set `SQUEEZEGEN_MLFLOW=0` to skip MLflow entirely (metrics files are still written).
     """
     root = root or repo_root()
@@ -233,8 +234,9 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
     from squeezegen.lineage import environment_tags, lineage_tags
 
     client = mlflow.tracking.MlflowClient()
-    for run_id in mark_stale_runs(client, experiment.experiment_id, stage):
-        log.warning("%s: MLflow run %s was left RUNNING by a process that is gone; marked FAILED", stage, run_id)
+    for run_id in mark_stale_runs(client, experiment.experiment_id):
+        log.warning("%s: MLflow run %s was left RUNNING by a process that is gone; marked FAILED",
+                    client.get_run(run_id).data.tags.get("stage", "?"), run_id)
     tags = {
         "stage": stage,
         "profile": cfg.profile,
