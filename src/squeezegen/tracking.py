@@ -2,7 +2,8 @@
 
 The default store is `sqlite:///<repo root>/mlflow.db` with an absolute path, so runs made in
 DVC's temporary experiment folders land in the same database; `MLFLOW_TRACKING_URI` overrides
-it (a shared server, say). Every run is tagged with its stage, profile, git commit, the DVC
+it (a shared server, say). Artifacts go to `mlruns/` next to the database; a copied or moved
+project folder re-points its store there on its next stage run (`follow_moved_store`). Every run is tagged with its stage, profile, git commit, the DVC
 experiment name and a `pipeline_run` id shared by all stages one `dvc repro` / `dvc exp run`
 executes, so `mlflow ui` can group them; with the versions of the packages that shape results,
 the lock file's hash, and (after the stage) the DVC md5 of each of its deps and outs
@@ -226,10 +227,13 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        # artifacts next to the default store (absolute), not wherever the stage happens to run
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri() if uri.startswith("sqlite:///") else None
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    # artifacts next to a sqlite store (absolute), not wherever the stage happens to run
+    location = (db.parent / "mlruns").as_uri() if db is not None else None
+    if (existing := mlflow.get_experiment_by_name(EXPERIMENT)) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    elif location is not None and existing.artifact_location != location and _is_own_layout(existing.artifact_location):
+        follow_moved_store(db, existing.experiment_id, existing.artifact_location, location)
     experiment = mlflow.set_experiment(EXPERIMENT)
     from squeezegen.lineage import environment_tags, lineage_tags
 
@@ -268,6 +272,32 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
             mlflow.end_run(status)
         else:  # the block ended or replaced the active run: end ours by id
             client.set_terminated(active.info.run_id, status=status)
+
+
+def _is_own_layout(location: str) -> bool:
+    """A location this module made: `file://…/mlruns` next to a sqlite store (not one set by hand)."""
+    return location.startswith("file:") and location.rstrip("/").endswith("/mlruns")
+
+
+def follow_moved_store(db: Path, experiment_id: str, old: str, new: str) -> None:
+    """Re-point the experiment's artifact location, and its runs' artifact URIs, from `old` to `new`.
+
+    A copied or moved project folder brings mlflow.db along, whose locations are absolute: new runs
+    would write their artifacts into the original folder's `mlruns/`, and old runs would show the
+    original's files (or none). MLflow has no API to change an experiment's artifact location, so
+    this updates its two tables directly, only the rows under `old`, in one transaction.
+    """
+    import sqlite3
+
+    like = old.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
+        moved = con.execute(
+            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+            "WHERE experiment_id = ? AND artifact_uri LIKE ? ESCAPE '\\'",
+            (new, len(old) + 1, int(experiment_id), like),
+        ).rowcount
+    log.warning("%s was moved: MLflow artifacts now go to %s (was %s; %d earlier runs re-pointed)", db, new, old, moved)
 
 
 def _flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
