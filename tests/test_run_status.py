@@ -94,3 +94,22 @@ def test_stale_running_runs_of_any_stage_are_marked_failed_when_a_stage_runs(sto
     status = {run_id: client.get_run(run_id).info.status for run_id in (killed, alive, elsewhere, other_stage)}
     assert status == {killed: "FAILED", alive: "RUNNING", elsewhere: "RUNNING", other_stage: "FAILED"}
     assert "stale" in client.get_run(killed).data.tags["ended_by"]
+
+
+def test_the_params_check_ends_stale_runs_without_a_stage_run(store):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from squeezegen.tracking import end_stale_runs
+
+    assert end_stale_runs(store) == [] and not (store / "mlflow.db").exists()  # no store: nothing made
+    with stage_run("train_judge", load_config(ROOT / "params.yaml"), root=store):
+        pass
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+    client = MlflowClient()
+    killed = client.create_run(experiment, tags={"stage": "train_prior", "host": socket.gethostname(),
+                                                 "pid": str(dead.pid), "pid_start": "1"}).info.run_id
+    assert end_stale_runs(store) == [killed]
+    assert client.get_run(killed).info.status == "FAILED"

@@ -210,6 +210,37 @@ def mark_stale_runs(client: Any, experiment_id: str, stage: str | None = None, *
     return stale
 
 
+def _warn_stale(client: Any, run_ids: list[str]) -> None:
+    for run_id in run_ids:
+        log.warning("%s: MLflow run %s was left RUNNING by a process that is gone; marked FAILED",
+                    client.get_run(run_id).data.tags.get("stage", "?"), run_id)
+
+
+def end_stale_runs(root: Path | None = None) -> list[str]:
+    """`mark_stale_runs` for every stage, outside a stage run (check_params); best effort: [] when
+    MLflow is off, the store does not exist yet, or cannot be reached."""
+    if os.environ.get("SQUEEZEGEN_MLFLOW", "1") == "0":
+        return []
+    uri = tracking_uri(root or repo_root())
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return []
+    try:
+        import mlflow
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            return []
+        client = mlflow.tracking.MlflowClient()
+        stale = mark_stale_runs(client, experiment.experiment_id)
+    except Exception as exc:  # noqa: BLE001 - tidying up must not fail the params check
+        log.warning("could not look for stale MLflow runs in %s (%s)", uri, exc)
+        return []
+    _warn_stale(client, stale)
+    return stale
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[StageRun]:
     """Open one MLflow run for `stage`, tagged and with that stage's params logged.
@@ -238,9 +269,7 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
     from squeezegen.lineage import environment_tags, lineage_tags
 
     client = mlflow.tracking.MlflowClient()
-    for run_id in mark_stale_runs(client, experiment.experiment_id):
-        log.warning("%s: MLflow run %s was left RUNNING by a process that is gone; marked FAILED",
-                    client.get_run(run_id).data.tags.get("stage", "?"), run_id)
+    _warn_stale(client, mark_stale_runs(client, experiment.experiment_id))
     tags = {
         "stage": stage,
         "profile": cfg.profile,
