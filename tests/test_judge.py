@@ -261,7 +261,7 @@ def test_stage_declares_only_data_processed_and_imports_no_generator():
 
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train_judge"]
     data_deps = [d for d in stage["deps"] if not d.startswith(("src/", "stages/")) and d != "requirements.lock"]
-    assert data_deps == ["data/processed"]
+    assert data_deps == ["data/params_checked.json", "data/processed"]  # the params check's marker, and real images
     closure = {p.as_posix() for p in import_closure(ROOT, Path("stages/train_judge.py"))}
     generators = [p for p in closure if p.startswith(("src/squeezegen/rq/", "src/squeezegen/sd/", "src/squeezegen/quant/"))]
     assert not generators, generators

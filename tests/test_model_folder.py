@@ -62,3 +62,36 @@ def test_a_broken_folder_is_one_clear_error(tmp_path, breakage, message):
     if message != "cannot rebuild":
         with pytest.raises(UserError, match="train_tiny"):
             read_model_config(folder, what="tiny model", fmt=FMT, stage="train_tiny")
+
+
+def test_check_model_files_names_the_damaged_file_and_the_stage(tmp_path):
+    from safetensors.torch import save_file
+
+    from squeezegen.model_folder import check_model_files
+
+    folder = tmp_path / "m"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(8, 8)}, str(folder / "sub" / "w.safetensors"))
+    assert check_model_files(folder, what="thing", stage="make_thing", required=("sub/config.json",)) == folder
+    with pytest.raises(UserError, match=r"m/other.json: missing.*dvc repro make_thing"):
+        check_model_files(folder, what="thing", stage="make_thing", required=("other.json",))
+    with pytest.raises(UserError, match=r"nowhere: no thing here; run the make_thing stage first"):
+        check_model_files(tmp_path / "nowhere", what="thing", stage="make_thing")
+    (folder / "sub" / "config.json").write_text("{")
+    with pytest.raises(UserError, match=r"sub/config.json: not valid JSON.*dvc repro make_thing"):
+        check_model_files(folder, what="thing", stage="make_thing")
+    (folder / "sub" / "config.json").write_text("{}")
+    (folder / "sub" / "w.safetensors").write_bytes(b"\x00" * 3)
+    with pytest.raises(UserError, match=r"sub/w.safetensors: damaged or truncated.*dvc repro make_thing"):
+        check_model_files(folder, what="thing", stage="make_thing")
+
+
+def test_a_truncated_refiner_names_the_weights_file_and_the_stage(tmp_path):
+    from squeezegen.rq.refiner import Refiner, load_refiner, save_refiner
+
+    folder = save_refiner(Refiner.build(channels=(8, 8), image_size=16), tmp_path / "refiner")
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match=rf"{weights}: damaged or truncated.*dvc repro train_refiner"):
+        load_refiner(folder)

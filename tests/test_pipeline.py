@@ -20,7 +20,7 @@ from conftest import dvc, make_repo_copy, ran_stages, run
 
 pytestmark = pytest.mark.slow
 
-STAGES = {"fetch_data", "preprocess", "fetch_base", "finetune_lora", "quantize", "benchmark",
+STAGES = {"check_params", "fetch_data", "preprocess", "fetch_base", "finetune_lora", "quantize", "benchmark",
           "train_rqvae", "train_refiner", "train_judge", "train_prior", "evaluate"}
 RQ_STAGES = {"train_rqvae", "train_refiner", "train_prior", "evaluate"}
 
@@ -197,7 +197,7 @@ def test_a_pretraining_knob_reruns_the_sd_branch_and_evaluate_only(toy):
         status = json.loads(dvc("status", "--json", cwd=toy).stdout)
     finally:
         params.write_text(original)
-    assert set(status) == {"fetch_base"}, status  # DVC flags the stage whose params changed …
+    assert set(status) == {"check_params", "fetch_base"}, status  # DVC flags the stage whose params changed …
     stages = yaml.safe_load((toy / "dvc.yaml").read_text())["stages"]
     outs = {name: {next(iter(o)) if isinstance(o, dict) else o for kind in ("outs", "metrics", "plots") for o in st.get(kind, [])}
             for name, st in stages.items()}
@@ -218,7 +218,7 @@ def test_guidance_is_applied_at_sampling_time_only(toy):
         status = json.loads(dvc("status", "--json", cwd=toy).stdout)
     finally:
         params.write_text(original)
-    assert set(status) == {"evaluate"}, status
+    assert set(status) == {"check_params", "evaluate"}, status
 
 
 def test_generation_section_and_keys(toy):
@@ -244,13 +244,13 @@ def test_mlflow_has_one_run_per_stage_with_a_shared_tag(toy):
     by_pipeline: dict[str, list[str]] = {}
     for _, stage, pipe in rows:
         by_pipeline.setdefault(pipe, []).append(stage)
-    # the first `dvc repro` ran all nine stages under one pipeline_run id, one MLflow run each
-    assert sorted(STAGES) in [sorted(stages) for stages in by_pipeline.values()], by_pipeline
+    # the first `dvc repro` ran every stage under one pipeline_run id, one MLflow run each (check_params makes none)
+    assert sorted(STAGES - {"check_params"}) in [sorted(stages) for stages in by_pipeline.values()], by_pipeline
 
 
 def test_rq_experiment_reruns_only_rq_stages_and_diff_shows_rq_metrics(toy):
     exp = dvc("exp", "run", "-S", "rqvae.levels=2", cwd=toy)
-    assert ran_stages(exp.stdout) == RQ_STAGES, exp.stdout
+    assert ran_stages(exp.stdout) == RQ_STAGES | {"check_params"}, exp.stdout
     diff = dvc("metrics", "diff", "--json", cwd=toy)
     changed = json.loads(diff.stdout)
     assert "metrics/rqvae.json" in changed and "metrics/refiner.json" in changed
@@ -277,11 +277,11 @@ def test_both_prior_kinds_train_evaluate_and_sample_and_the_kind_reruns_only_the
         expected = RQ_STAGES
     else:
         expected = {"train_prior", "evaluate"} if params["prior"]["kind"] != "rq_transformer" else set()
-    assert ran_stages(first.stdout) == expected, first.stdout
+    assert ran_stages(first.stdout) == (expected | {"check_params"} if expected else set()), first.stdout
     for kind in ("rq_transformer", "next_scale"):
         if kind == "next_scale":
             second = dvc("exp", "run", "-S", "rqvae.scales=equal", "-S", "prior.kind=next_scale", cwd=toy)
-            assert ran_stages(second.stdout) == {"train_prior", "evaluate"}, second.stdout
+            assert ran_stages(second.stdout) == {"check_params", "train_prior", "evaluate"}, second.stdout
         prior = json.loads((toy / "metrics/prior.json").read_text())
         gen = json.loads((toy / "metrics/evaluate.json").read_text())["gen"]["rq_prior"]
         assert prior["kind"] == kind and "ci95" in gen and 0 <= gen["style_acc"] <= 1

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_data_stages_repro_cache_and_rerun_only_what_changed(repo_copy):
     first = dvc("repro", "preprocess", cwd=repo_copy)
-    assert ran_stages(first.stdout) == {"fetch_data", "preprocess"}, first.stdout
+    assert ran_stages(first.stdout) == {"check_params", "fetch_data", "preprocess"}, first.stdout
 
     manifest = json.loads((repo_copy / "data/raw/manifest.json").read_text())
     assert manifest["source"] == "synthetic"
@@ -31,13 +31,13 @@ def test_data_stages_repro_cache_and_rerun_only_what_changed(repo_copy):
     again = dvc("repro", "preprocess", cwd=repo_copy)
     assert ran_stages(again.stdout) == set(), again.stdout
 
-    # a preprocess-only knob re-runs preprocess, not fetch_data
+    # a preprocess-only knob re-runs preprocess (after the params check), not fetch_data
     params = repo_copy / "params.yaml"
     original = params.read_text()
     params.write_text(original.replace("val_fraction: 0.1 ", "val_fraction: 0.2 "))
     try:
         changed = dvc("repro", "preprocess", cwd=repo_copy)
-        assert ran_stages(changed.stdout) == {"preprocess"}, changed.stdout
+        assert ran_stages(changed.stdout) == {"check_params", "preprocess"}, changed.stdout
         assert json.loads((repo_copy / "metrics/data.json").read_text())["n_val"] > metrics["n_val"]
     finally:
         params.write_text(original)

@@ -68,7 +68,7 @@ def test_sigterm_ends_the_run_killed_and_exits_143(store):
     assert found.info.status == "KILLED"
 
 
-def test_stale_running_runs_of_the_stage_are_marked_failed_on_restart(store):
+def test_stale_running_runs_of_any_stage_are_marked_failed_when_a_stage_runs(store):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -88,9 +88,28 @@ def test_stale_running_runs_of_the_stage_are_marked_failed_on_restart(store):
     alive = running("finetune_lora", host=here, pid=str(os.getpid()),
                     pid_start=Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
     elsewhere = running("finetune_lora", host=here + "-other", pid="1", pid_start="1")  # cannot be judged from here
-    other_stage = running("quantize", host=here, pid=str(dead.pid), pid_start="1")
+    other_stage = running("quantize", host=here, pid=str(dead.pid), pid_start="1")  # restored from DVC's run cache, say
     with stage_run("finetune_lora", cfg, root=store):
         pass
     status = {run_id: client.get_run(run_id).info.status for run_id in (killed, alive, elsewhere, other_stage)}
-    assert status == {killed: "FAILED", alive: "RUNNING", elsewhere: "RUNNING", other_stage: "RUNNING"}
+    assert status == {killed: "FAILED", alive: "RUNNING", elsewhere: "RUNNING", other_stage: "FAILED"}
     assert "stale" in client.get_run(killed).data.tags["ended_by"]
+
+
+def test_the_params_check_ends_stale_runs_without_a_stage_run(store):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from squeezegen.tracking import end_stale_runs
+
+    assert end_stale_runs(store) == [] and not (store / "mlflow.db").exists()  # no store: nothing made
+    with stage_run("train_judge", load_config(ROOT / "params.yaml"), root=store):
+        pass
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+    client = MlflowClient()
+    killed = client.create_run(experiment, tags={"stage": "train_prior", "host": socket.gethostname(),
+                                                 "pid": str(dead.pid), "pid_start": "1"}).info.run_id
+    assert end_stale_runs(store) == [killed]
+    assert client.get_run(killed).info.status == "FAILED"

@@ -51,6 +51,37 @@ def test_stage_run_logs_tags_params_and_metrics(tmp_path, monkeypatch):
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
 
 
+def test_a_copied_project_keeps_its_artifacts_in_its_own_folder(tmp_path, monkeypatch):
+    import shutil
+
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("SQUEEZEGEN_PIPELINE_RUN", "pipe-copy")
+    cfg = load_config(ROOT / "params.yaml")
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    with stage_run("train_rqvae", cfg, root=original) as run:
+        run.write_metrics("rqvae", {"psnr": 20.5})
+    shutil.copytree(original, copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it: a new process has none
+    with stage_run("train_judge", cfg, root=copy) as run:
+        run.write_metrics("judge", {"style_acc": 0.5})
+
+    assert not list((original / "mlruns").rglob("judge.json")), "the copy wrote into the original folder"
+    assert list((copy / "mlruns").rglob("judge.json"))
+    mlflow.set_tracking_uri(f"sqlite:///{copy}/mlflow.db")
+    experiment = mlflow.get_experiment_by_name("squeezegen")
+    assert experiment.artifact_location == (copy / "mlruns").as_uri()
+    found = mlflow.search_runs(experiment_names=["squeezegen"], output_format="list")
+    assert {r.data.tags["stage"] for r in found} == {"train_rqvae", "train_judge"}
+    for r in found:  # the earlier run's artifacts are read from the copy's own mlruns/ too
+        assert r.info.artifact_uri.startswith((copy / "mlruns").as_uri() + "/")
+        assert mlflow.artifacts.list_artifacts(run_id=r.info.run_id, artifact_path="metrics")
+    mlflow.set_tracking_uri(f"sqlite:///{original}/mlflow.db")
+    assert mlflow.get_experiment_by_name("squeezegen").artifact_location == (original / "mlruns").as_uri()
+
+
 def test_mlflow_can_be_switched_off(tmp_path, monkeypatch):
     monkeypatch.setenv("SQUEEZEGEN_MLFLOW", "0")
     with stage_run("preprocess", load_config(ROOT / "params.yaml"), root=tmp_path) as run:
@@ -63,7 +94,7 @@ def test_split_perf_moves_speed_and_load_figures_under_perf_and_merge_undoes_it(
     from squeezegen.metrics_files import memory_perf_keys, merge_perf, split_perf
 
     metrics = {
-        "psnr": 20.0, "seconds": 1.5, "steps_per_s": 3.0,
+        "psnr": 20.0, "seconds": 1.5, "steps_per_s": 3.0, "resumed_from_step": 200,
         "fp16": {"weights_bytes": 10, "peak_bytes": 99, "seconds_per_image": 0.3, "peak_rss": 7,
                  "phases": {"decode": {"peak_rss": 5}}},
         "perf": {"already": 1},
@@ -72,7 +103,7 @@ def test_split_perf_moves_speed_and_load_figures_under_perf_and_merge_undoes_it(
     assert split == {
         "psnr": 20.0,
         "fp16": {"weights_bytes": 10},
-        "perf": {"already": 1, "seconds": 1.5, "steps_per_s": 3.0,
+        "perf": {"already": 1, "seconds": 1.5, "steps_per_s": 3.0, "resumed_from_step": 200,  # what the timings cover
                  "fp16": {"peak_bytes": 99, "seconds_per_image": 0.3, "peak_rss": 7, "phases": {"decode": {"peak_rss": 5}}}},
     }
     on_cuda = split_perf(metrics, machine_dependent=memory_perf_keys("cuda"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -71,7 +72,7 @@ def test_loss_decreases_and_history_is_complete(tmp_path):
     assert isinstance(result.model, nn.Linear)
 
 
-def test_interrupted_run_resumes_exactly(tmp_path):
+def test_interrupted_run_resumes_exactly(tmp_path, caplog):
     s = settings()
     full = run_train(tmp_path / "a", s)
 
@@ -80,7 +81,11 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     assert len(part.history) == 7
     ckpts = sorted(p.name for p in (tmp_path / "b" / "ckpt").iterdir())
     assert ckpts == ["step_7"]  # the newest only; no temporaries left
-    resumed = run_train(tmp_path / "b", s)
+    with caplog.at_level(logging.WARNING, logger="squeezegen.training"):
+        resumed = run_train(tmp_path / "b", s)
+    (record,) = [r for r in caplog.records if "resuming" in r.getMessage()]
+    assert record.levelno == logging.WARNING  # printed by default, unlike INFO
+    assert f"resuming from {tmp_path / 'b' / 'ckpt' / 'step_7'} at step 7 of {s.max_steps}" in record.getMessage()
     assert resumed.resumed_from_step == 7
     assert resumed.history == full.history
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):

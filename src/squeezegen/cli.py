@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from squeezegen.errors import UserError
+from squeezegen.files import check_output_path
 from squeezegen.formatting import fmt_bytes
 
 app = typer.Typer(
@@ -60,6 +61,7 @@ def _stage_command(stage: str, summary: str) -> None:
 
 
 for _stage, _summary in [
+    ("check_params", "Stage check_params: validate all of params.yaml (every profile) → data/params_checked.json."),
     ("fetch_data", "Stage fetch_data: synthetic art, LAPIS or a folder → data/raw/."),
     ("preprocess", "Stage preprocess: validate, caption, resize, split → data/processed/."),
     ("fetch_base", "Stage fetch_base: SD 1.5 from the hub (or a tiny SD built locally) → models/base/."),
@@ -105,6 +107,7 @@ def generate(
     from squeezegen.config import load_config
     from squeezegen.data.captions import rated_caption
 
+    check_output_path(out, label="--out")  # before the models load: a bad path must not cost the image
     cfg = load_config(params, profile=profile)
     steps = steps or cfg.sd.infer_steps
     size = size or cfg.data.sd_size
@@ -145,6 +148,7 @@ def reconstruct(
 
     from squeezegen.rq.evaluation import reconstruct_image
 
+    check_output_path(out, label="--out")
     for label, folder in [("--rqvae", rqvae)] + ([("--refiner", refiner)] if refine else []):
         if not folder.exists():
             raise UserError(f"{label} {folder}: not found; run `dvc repro train_refiner` first")
@@ -181,6 +185,7 @@ def sample(
     from squeezegen.rq.generate import RQGenerator
     from squeezegen.rq.pictures import save_grid
 
+    check_output_path(out, label="--out")  # before sampling: the images would be lost
     prior_cfg = load_config(params).prior
     gen = RQGenerator.load(prior, rqvae, None if no_refine else refiner)
     images, seconds = gen.generate(
@@ -221,6 +226,7 @@ def export(
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    check_output_path(out, label="OUT")
     if fmt == "sdcpp":
         summary = export_sdcpp(out, base_dir=base, lora_dir=None if no_lora else lora)
     else:

@@ -10,6 +10,7 @@ what is allowed. This module imports no torch, so the CLI starts fast.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -466,8 +467,10 @@ def _parse_dataclass(cls: type, raw: Mapping[str, Any], path: str) -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         where = path or "the top level"
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        hint = f"did you mean {_join(path, close[0])}? " if close else ""
         raise ConfigError(
-            f"{_join(path, unknown[0])}: unknown key; allowed keys in {where}: {', '.join(fields)}"
+            f"{_join(path, unknown[0])}: unknown key; {hint}allowed keys in {where}: {', '.join(fields)}"
         )
     values = {}
     for name, f in fields.items():
@@ -526,16 +529,30 @@ def resolve(raw: Mapping[str, Any], profile: str | None = None) -> Config:
     return _parse_dataclass(Config, merged, "")
 
 
-def load_config(path: str | Path = PARAMS_FILE, *, profile: str | None = None) -> Config:
-    """Read and resolve `params.yaml` (or another file)."""
+def _read_params(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file; run from the project root (where params.yaml lives)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return resolve(raw or {}, profile)
+
+
+def load_config(path: str | Path = PARAMS_FILE, *, profile: str | None = None) -> Config:
+    """Read and resolve `params.yaml` (or another file)."""
+    return resolve(_read_params(path), profile)
+
+
+def check_params_file(path: str | Path = PARAMS_FILE) -> list[str]:
+    """Validate the whole file: the active profile, then every other one (a typo in a profile not
+    in use is still a typo). Returns the profile names; ConfigError on the first problem."""
+    raw = _read_params(path)
+    resolve(raw)
+    names = [str(name) for name in raw.get("profiles") or {}] if isinstance(raw, Mapping) else []
+    for name in names:
+        resolve(raw, name)
+    return names
 
 
 def dump_config(cfg: Config) -> str:

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from squeezegen.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -55,6 +57,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def check_output_path(path: str | os.PathLike, *, label: str = "") -> Path:
+    """`path` as a Path if a file can be written there; else UserError naming `label` and `path`.
+
+    Call it before the work that produces the file: the nearest existing folder above `path` must
+    be a folder that accepts a new file (a probe file is created and removed there), and `path`
+    itself must not be a folder. Missing folders in between are created later by `atomic_path`.
+    """
+    path = Path(path)
+    name = f"{label} {path}" if label else str(path)
+    if path.is_dir():
+        raise UserError(f"{name}: is a folder; give a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{name}: cannot be written, {folder} is a file, not a folder; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise UserError(f"{name}: cannot be written in {folder} ({exc.strerror or exc}); choose another path") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

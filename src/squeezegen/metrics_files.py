@@ -16,8 +16,9 @@ from squeezegen.files import atomic_write_json, atomic_write_text
 
 METRICS_DIR = Path("metrics")
 PERF = "perf"
-# Leaf names that measure time, speed or process memory (RSS): they vary with the machine's load.
-_PERF_NAME = re.compile(r"seconds|per_s$|_per_s_|(^|_)rss(_|$)|throughput|speed")
+# Leaf names that measure time, speed or process memory (RSS): they vary with the machine's load;
+# and `resumed_from_step`, which says what part of the run those timings cover.
+_PERF_NAME = re.compile(r"seconds|per_s$|_per_s_|(^|_)rss(_|$)|throughput|speed|^resumed_from_step$")
 
 
 # Memory peaks that are a CPU process's RSS (machine-dependent) but CUDA's exact allocated bytes.

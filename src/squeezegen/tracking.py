@@ -2,7 +2,8 @@
 
 The default store is `sqlite:///<repo root>/mlflow.db` with an absolute path, so runs made in
 DVC's temporary experiment folders land in the same database; `MLFLOW_TRACKING_URI` overrides
-it (a shared server, say). Every run is tagged with its stage, profile, git commit, the DVC
+it (a shared server, say). Artifacts go to `mlruns/` next to the database; a copied or moved
+project folder re-points its store there on its next stage run (`follow_moved_store`). Every run is tagged with its stage, profile, git commit, the DVC
 experiment name and a `pipeline_run` id shared by all stages one `dvc repro` / `dvc exp run`
 executes, so `mlflow ui` can group them; with the versions of the packages that shape results,
 the lock file's hash, and (after the stage) the DVC md5 of each of its deps and outs
@@ -10,9 +11,10 @@ the lock file's hash, and (after the stage) the DVC md5 of each of its deps and 
 
 A run ends FINISHED, FAILED (the stage raised) or KILLED (Ctrl-C, or SIGTERM from `dvc queue kill`
 or a scheduler; the stage then exits with code 143). A run whose process died without a word
-(SIGKILL, the kernel's out-of-memory killer) stays RUNNING in the store; the next run of the same
+(SIGKILL, the kernel's out-of-memory killer) stays RUNNING in the store; the next run of any
 stage on the same machine finds it by its `host` / `pid` tags and marks it FAILED
-(`mark_stale_runs`).
+(`mark_stale_runs`): the killed stage itself may never run again (DVC can restore its outputs
+from the run cache instead).
 
 The metrics files themselves (layout, the `perf` split, loss curves) are `squeezegen.metrics_files`.
 """
@@ -185,17 +187,17 @@ def _process_alive(pid: int, start: str) -> bool:
     return Path(f"/proc/{pid}").exists() and _proc_start(pid) == start
 
 
-def mark_stale_runs(client: Any, experiment_id: str, stage: str, *, note: str = "") -> list[str]:
-    """End as FAILED every RUNNING run of `stage` whose process is gone; returns their run ids.
+def mark_stale_runs(client: Any, experiment_id: str, stage: str | None = None, *, note: str = "") -> list[str]:
+    """End as FAILED every RUNNING run (of `stage`, or of any stage) whose process is gone;
+    returns their run ids.
 
     Only runs made on this host are judged (another machine's processes cannot be seen from
     here), by their `pid` + `pid_start` tags; a RUNNING run without those tags was made by a
     version of squeezegen that did not record its process, so it is stale too.
     """
     stale = []
-    for found in client.search_runs(
-        [experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'", max_results=1000
-    ):
+    which = f"tags.stage = '{stage}' and " if stage else ""
+    for found in client.search_runs([experiment_id], filter_string=f"{which}attributes.status = 'RUNNING'", max_results=1000):
         tags = found.data.tags
         if tags.get("host", socket.gethostname()) != socket.gethostname():
             continue
@@ -208,12 +210,43 @@ def mark_stale_runs(client: Any, experiment_id: str, stage: str, *, note: str = 
     return stale
 
 
+def _warn_stale(client: Any, run_ids: list[str]) -> None:
+    for run_id in run_ids:
+        log.warning("%s: MLflow run %s was left RUNNING by a process that is gone; marked FAILED",
+                    client.get_run(run_id).data.tags.get("stage", "?"), run_id)
+
+
+def end_stale_runs(root: Path | None = None) -> list[str]:
+    """`mark_stale_runs` for every stage, outside a stage run (check_params); best effort: [] when
+    MLflow is off, the store does not exist yet, or cannot be reached."""
+    if os.environ.get("SQUEEZEGEN_MLFLOW", "1") == "0":
+        return []
+    uri = tracking_uri(root or repo_root())
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return []
+    try:
+        import mlflow
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            return []
+        client = mlflow.tracking.MlflowClient()
+        stale = mark_stale_runs(client, experiment.experiment_id)
+    except Exception as exc:  # noqa: BLE001 - tidying up must not fail the params check
+        log.warning("could not look for stale MLflow runs in %s (%s)", uri, exc)
+        return []
+    _warn_stale(client, stale)
+    return stale
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[StageRun]:
     """Open one MLflow run for `stage`, tagged and with that stage's params logged.
 
     The run ends FINISHED, FAILED if the block raises, KILLED on Ctrl-C or SIGTERM (see the
-    module doc); stale RUNNING runs of the same stage are marked FAILED first.
+    module doc); stale RUNNING runs of every stage are marked FAILED first.
     Set `SQUEEZEGEN_MLFLOW=0` to skip MLflow entirely (metrics files are still written).
     """
     root = root or repo_root()
@@ -225,16 +258,18 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        # artifacts next to the default store (absolute), not wherever the stage happens to run
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri() if uri.startswith("sqlite:///") else None
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    # artifacts next to a sqlite store (absolute), not wherever the stage happens to run
+    location = (db.parent / "mlruns").as_uri() if db is not None else None
+    if (existing := mlflow.get_experiment_by_name(EXPERIMENT)) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    elif location is not None and existing.artifact_location != location and _is_own_layout(existing.artifact_location):
+        follow_moved_store(db, existing.experiment_id, existing.artifact_location, location)
     experiment = mlflow.set_experiment(EXPERIMENT)
     from squeezegen.lineage import environment_tags, lineage_tags
 
     client = mlflow.tracking.MlflowClient()
-    for run_id in mark_stale_runs(client, experiment.experiment_id, stage):
-        log.warning("%s: MLflow run %s was left RUNNING by a process that is gone; marked FAILED", stage, run_id)
+    _warn_stale(client, mark_stale_runs(client, experiment.experiment_id))
     tags = {
         "stage": stage,
         "profile": cfg.profile,
@@ -266,6 +301,32 @@ def stage_run(stage: str, cfg: Config, *, root: Path | None = None) -> Iterator[
             mlflow.end_run(status)
         else:  # the block ended or replaced the active run: end ours by id
             client.set_terminated(active.info.run_id, status=status)
+
+
+def _is_own_layout(location: str) -> bool:
+    """A location this module made: `file://…/mlruns` next to a sqlite store (not one set by hand)."""
+    return location.startswith("file:") and location.rstrip("/").endswith("/mlruns")
+
+
+def follow_moved_store(db: Path, experiment_id: str, old: str, new: str) -> None:
+    """Re-point the experiment's artifact location, and its runs' artifact URIs, from `old` to `new`.
+
+    A copied or moved project folder brings mlflow.db along, whose locations are absolute: new runs
+    would write their artifacts into the original folder's `mlruns/`, and old runs would show the
+    original's files (or none). MLflow has no API to change an experiment's artifact location, so
+    this updates its two tables directly, only the rows under `old`, in one transaction.
+    """
+    import sqlite3
+
+    like = old.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
+        moved = con.execute(
+            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+            "WHERE experiment_id = ? AND artifact_uri LIKE ? ESCAPE '\\'",
+            (new, len(old) + 1, int(experiment_id), like),
+        ).rowcount
+    log.warning("%s was moved: MLflow artifacts now go to %s (was %s; %d earlier runs re-pointed)", db, new, old, moved)
 
 
 def _flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -259,8 +259,9 @@ def train(
             accelerator.load_state(str(resume_dir))
             state = json.loads((resume_dir / STATE_FILE).read_text())
             step, history = int(state["step"]), list(state["history"])
-            if accelerator.is_main_process:
-                log.info("%s: resuming from %s (step %d of %d)", desc, resume_dir, step, settings.max_steps)
+            if accelerator.is_main_process:  # a warning: a resumed run's timings cover only the steps it runs
+                log.warning("%s: resuming from %s at step %d of %d (timings cover steps %d-%d only)",
+                            desc, resume_dir, step, settings.max_steps, step + 1, settings.max_steps)
         resumed_from = step
         end = settings.max_steps if stop_after is None else min(stop_after, settings.max_steps)
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from squeezegen.errors import UserError
 from squeezegen.files import atomic_path
+from squeezegen.model_folder import check_model_files
 from squeezegen.rq.model import group_count
 
 
@@ -62,9 +63,8 @@ def save_refiner(model: Refiner, out_dir: str | Path) -> Path:
 
 def load_refiner(model_dir: str | Path, device: torch.device | str = "cpu") -> Refiner:
     """The refiner saved by `save_refiner`, in eval mode on `device`."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir}: no trained refiner here (needs config.json + weights); run the train_refiner stage first")
+    model_dir = check_model_files(model_dir, what="trained refiner", stage="train_refiner",
+                                  required=("config.json", "diffusion_pytorch_model.safetensors"))
     try:
         unet = UNet2DModel.from_pretrained(model_dir, use_safetensors=True)
     except (OSError, ValueError, EnvironmentError) as exc:

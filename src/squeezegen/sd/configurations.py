@@ -44,6 +44,7 @@ from squeezegen.device import CpuDtype, cpu_compute_dtype, default_device
 from squeezegen.errors import UserError
 from squeezegen.memory.accounting import component_bytes
 from squeezegen.memory.probes import PeakMemory, free_memory, measure_peak
+from squeezegen.model_folder import check_lora_folder, check_model_files, check_pipeline_folder
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,9 @@ def build_pipeline(
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(device, compute_dtype, cpu_dtype)
     cpu_dtype_resolved = cpu_compute_dtype(cpu_dtype)
-    base_dir = _check_dir(Path(base_dir), "base pipeline folder", "run `dvc repro fetch_base` first")
+    base_dir = check_pipeline_folder(base_dir)
+    if spec.unet == "fp16" and lora_dir is not None:
+        check_lora_folder(lora_dir)
     vae_device, vae_dtype = (torch.device("cpu"), cpu_dtype_resolved) if spec.vae == "cpu" else (device, dtype)
     te_on_cpu = spec.placement == "phase" and lean_text_encoder == "cpu"
     # Phase residency and diffusers' offloading start from the CPU; the hooks move things in.
@@ -266,7 +269,7 @@ def build_pipeline(
             components["vae"] = lean.build_tiny_vae(tiny_vae, seed=seed, dtype=dtype)
         pipe = _load_sd_pipeline(base_dir, dtype, **components)
         if spec.unet == "fp16" and lora_dir is not None:
-            _fuse_lora(pipe, _check_dir(Path(lora_dir), "LoRA folder", "run `dvc repro finetune_lora` first"))
+            _fuse_lora(pipe, Path(lora_dir))
         # Move only what from_pretrained loaded on the CPU; the GGUF UNet and the 8-bit text encoder
         # are already placed, and the CPU VAE stays where it is.
         for name in ("unet", "text_encoder", "vae"):
@@ -308,7 +311,8 @@ def _load_q4k_unet(quant_dir: Any, base_dir: Path, config_name: str, device: tor
 def _load_int8_text_encoder(quant_dir: Any, device: torch.device, dtype: torch.dtype) -> Any:
     from squeezegen.quant.int8 import load_text_encoder_int8
 
-    te_dir = _check_dir(Path(quant_dir) / TEXT_ENCODER_DIR, "8-bit text encoder", "run `dvc repro quantize` first")
+    te_dir = check_model_files(Path(quant_dir) / TEXT_ENCODER_DIR, what="8-bit text encoder", stage="quantize",
+                               required=("config.json", "model.safetensors"))
     return _cast_unquantized(load_text_encoder_int8(te_dir, device=str(device), dtype=torch.float16), dtype)
 
 
@@ -444,6 +448,9 @@ def fused_unet_state_dict(base_dir: str | os.PathLike, lora_dir: str | os.PathLi
 
 def load_fused_pipeline(base_dir: str | os.PathLike, lora_dir: str | os.PathLike | None = None) -> Any:
     """The base pipeline in fp32 on the CPU with the LoRA (if any) merged into the UNet weights."""
+    check_pipeline_folder(base_dir)
+    if lora_dir is not None:
+        check_lora_folder(lora_dir)
     with _quiet_loading():
         pipe = _load_sd_pipeline(Path(base_dir), torch.float32)
         if lora_dir is not None:

@@ -15,6 +15,7 @@ from PIL import Image
 from squeezegen.data.captions import GENRES, PROMPT_SCORE, STYLES, caption_for, rated_caption
 from squeezegen.device import default_device
 from squeezegen.errors import UserError
+from squeezegen.model_folder import check_lora_folder, check_pipeline_folder
 from squeezegen.pictures import labelled_grid
 
 
@@ -33,14 +34,13 @@ def load_pipeline(
     """
     device = device or str(default_device())
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    if not (Path(base_dir) / "model_index.json").is_file():
-        raise UserError(f"{base_dir}: not a diffusers pipeline folder (no model_index.json); run the fetch_base stage first")
+    check_pipeline_folder(base_dir)
+    if lora_dir is not None:
+        check_lora_folder(lora_dir)
     pipe = StableDiffusionPipeline.from_pretrained(
         str(base_dir), dtype=dtype, safety_checker=None, requires_safety_checker=False
     )
     if lora_dir is not None:
-        if not Path(lora_dir).is_dir() or not any(Path(lora_dir).glob("*.safetensors")):
-            raise UserError(f"{lora_dir}: no LoRA weights (*.safetensors) there; run the finetune_lora stage first")
         pipe.load_lora_weights(str(lora_dir))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -29,6 +29,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from squeezegen.data.captions import rated_caption
 from squeezegen.files import atomic_path, sha256_file
+from squeezegen.model_folder import check_pipeline_folder
 from squeezegen.seed import seed_everything
 from squeezegen.training import LoopSettings, TrainResult, make_accelerator, train
 
@@ -154,7 +155,7 @@ def train_lora(
     accelerator = accelerator or make_accelerator(settings.loop_settings())
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
-    base_dir = str(base_dir)
+    base_dir = str(check_pipeline_folder(base_dir))
     tokenizer = CLIPTokenizer.from_pretrained(base_dir, subfolder="tokenizer")
     noise_scheduler = DDPMScheduler.from_pretrained(base_dir, subfolder="scheduler")
     text_encoder = CLIPTextModel.from_pretrained(base_dir, subfolder="text_encoder", dtype=weight_dtype)

@@ -75,8 +75,10 @@ def _pretrained_tiny(cfg, run) -> tuple[object, dict]:
         "prompts": result.prompts,
         "vae": {"steps": settings.vae_steps, "final_l1": result.vae.history[-1]["l1"],
                 "scaling_factor": result.scaling_factor, "posterior_std": result.posterior_std, "train_seconds": round(result.vae.seconds, 2),
+                "resumed_from_step": result.vae.resumed_from_step,
                 "peak_mem_bytes": result.vae.peak_mem_bytes},
         "unet": {"steps": settings.unet_steps, "first_loss": result.unet.history[0]["loss"],
                  "final_loss": sum(h["loss"] for h in result.unet.history[-tail:]) / tail,
-                 "train_seconds": round(result.unet.seconds, 2), "peak_mem_bytes": result.unet.peak_mem_bytes},
+                 "train_seconds": round(result.unet.seconds, 2), "peak_mem_bytes": result.unet.peak_mem_bytes,
+                 "resumed_from_step": result.unet.resumed_from_step},
     }

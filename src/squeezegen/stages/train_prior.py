@@ -100,6 +100,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             "condition_gain_nats": nll_uncond - nll,  # what style + genre + score tell about the codes
             "uniform_nll": math.log(spec.codebook_size),
             "train_seconds": round(result.seconds, 2),
+            "resumed_from_step": result.resumed_from_step,  # > 0: the timings cover the steps after it only
             "steps_per_s": round(result.steps_per_s, 3),
             "peak_mem_bytes": result.peak_mem_bytes,
         }

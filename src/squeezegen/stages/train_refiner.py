@@ -116,6 +116,7 @@ def main(params: str = "params.yaml", profile: str | None = None) -> dict:
             l1_reduction=1 - metrics["l1_after"] / metrics["l1_before"],
             final_loss=result.history[-1]["loss"],
             train_seconds=round(result.seconds, 2),
+            resumed_from_step=result.resumed_from_step,  # > 0: the timings cover the steps after it only
             steps_per_s=round(result.steps_per_s, 3),
             peak_mem_bytes_train=result.peak_mem_bytes,
         )
