@@ -59,9 +59,9 @@ class DecodeClock:
     def __enter__(self) -> "DecodeClock":
         original = self._original
 
-        def timed(module, dtype):
+        def timed(module, dtype, **kwargs):
             start = time.perf_counter()
-            weight = original(module, dtype)
+            weight = original(module, dtype, **kwargs)
             self.seconds += time.perf_counter() - start
             self.calls += 1
             return weight

@@ -57,7 +57,7 @@ def test_the_layers_use_the_kernel_on_a_cpu_and_agree_with_the_torch_decode(monk
     assert q4k.q4k_decoder(torch.device("cpu")) == "native"
     calls = []
     real = q4k_native.dequantize_q4_k_native
-    monkeypatch.setattr(q4k_native, "dequantize_q4_k_native", lambda p, d: calls.append(d) or real(p, d))
+    monkeypatch.setattr(q4k_native, "dequantize_q4_k_native", lambda p, d, out=None: calls.append(d) or real(p, d, out=out))
     fast = codec("Q4_K").runtime_decode(packed, torch.bfloat16)
     half = codec("Q4_K").runtime_decode(packed, torch.float16)  # a dtype the kernel does not write: torch decode
     assert calls == [torch.bfloat16]
@@ -97,3 +97,24 @@ def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
         assert q4k_native.available() and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
     finally:
         q4k_native.library.cache_clear()
+
+
+def test_a_forward_without_autograd_decodes_into_one_reused_buffer():
+    from torch import nn
+
+    from squeezegen.quant.gguf import layers
+
+    torch.manual_seed(0)
+    linears = [nn.Linear(512, 16), nn.Linear(256, 32)]
+    modules = [layers.GGUFLinear.from_linear(lin, packed=torch.from_numpy(quantize_q4_k(lin.weight.detach().numpy())),
+                                             qtype=codec("Q4_K").qtype) for lin in linears]
+    x = [torch.randn(3, 512), torch.randn(3, 256)]
+    fresh = [m(xi) for m, xi in zip(modules, x)]  # autograd on: fresh tensors
+    with torch.inference_mode():
+        reused = [m(xi) for m, xi in zip(modules, x)]
+        a = modules[0].dequantized_weight(torch.float32, reuse_buffer=True)
+        b = modules[1].dequantized_weight(torch.float32, reuse_buffer=True)
+        assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()  # one buffer for every layer
+        kept = modules[0].dequantized_weight(torch.float32)  # callers that keep a weight get their own
+        assert kept.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
+    assert all(torch.equal(f.detach(), r) for f, r in zip(fresh, reused))

@@ -117,9 +117,11 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="q4k-decode")
 
 
-def dequantize_q4_k_native(packed: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def dequantize_q4_k_native(packed: torch.Tensor, dtype: torch.dtype | None = None, *,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
     """Decode Q4_K bytes (uint8 [..., 144·n], CPU) to [..., 256·n] in float32 or bfloat16.
 
+    `out` (contiguous, `dtype`, as many elements) receives the weights instead of a new tensor.
     Large tensors are split across torch's intra-op thread count (ctypes releases the GIL while
     the C code runs). Raises RuntimeError when the kernel is unavailable or the dtype is not one
     it writes; callers check `available()` and `supports(dtype)` first.
@@ -132,7 +134,11 @@ def dequantize_q4_k_native(packed: torch.Tensor, dtype: torch.dtype | None = Non
         raise RuntimeError("the Q4_K CPU kernel decodes uint8 CPU tensors only")
     blocks = packed.reshape(-1, BLOCK_BYTES).contiguous()  # (B, 144)
     n_blocks = blocks.shape[0]
-    out = torch.empty((n_blocks, QK_K), dtype=dtype)
+    if out is None:
+        out = torch.empty((n_blocks, QK_K), dtype=dtype)
+    elif out.dtype != dtype or not out.is_contiguous() or out.numel() != n_blocks * QK_K or out.device.type != "cpu":
+        raise RuntimeError(f"out must be a contiguous CPU {dtype} tensor of {n_blocks * QK_K} elements")
+    out = out.view(n_blocks, QK_K)
     decode = getattr(lib, DTYPES[dtype])
     workers = min(torch.get_num_threads(), max(1, n_blocks // (PARALLEL_MIN_BLOCKS // 2)))
     if n_blocks < PARALLEL_MIN_BLOCKS or workers == 1:

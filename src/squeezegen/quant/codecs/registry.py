@@ -156,22 +156,27 @@ class Codec:
         return out.reshape(*packed.shape[:-1], packed.shape[-1] // self.type_size * self.block_size)
 
     def dequantize_torch(self, packed: torch.Tensor, dtype: torch.dtype | None = None, *,
-                         chunk_blocks: int = DEQUANT_CHUNK_BLOCKS) -> torch.Tensor:
+                         chunk_blocks: int = DEQUANT_CHUNK_BLOCKS, out: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 tensor [..., type_size·n] (any device) → [..., block·n] in `dtype` (default float32);
-        computed in float32, so it equals `dequantize` bit for bit before the cast."""
+        computed in float32, so it equals `dequantize` bit for bit before the cast. `out`
+        (contiguous, as many elements, `dtype`) receives the weights instead of a new tensor."""
         import torch
 
         self._blocks(tuple(packed.shape), packed.dtype == torch.uint8)
         blocks = packed.reshape(-1, self.type_size)
-        out = torch.empty((blocks.shape[0], self.block_size), dtype=dtype or torch.float32, device=packed.device)
+        if out is None:
+            out = torch.empty((blocks.shape[0], self.block_size), dtype=dtype or torch.float32, device=packed.device)
+        else:
+            out = out.view(blocks.shape[0], self.block_size)
         for start in range(0, blocks.shape[0], chunk_blocks):
             out[start:start + chunk_blocks] = self.decode_blocks_torch(blocks[start:start + chunk_blocks])
         return out.reshape(*packed.shape[:-1], packed.shape[-1] // self.type_size * self.block_size)
 
-    def runtime_decode(self, packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def runtime_decode(self, packed: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
         """The decode the dequantizing layers run on every forward: the fastest exact one for the
-        tensor's device (a type with a fused kernel overrides it; by default the torch decode)."""
-        return self.dequantize_torch(packed, dtype)
+        tensor's device (a type with a fused kernel overrides it; by default the torch decode),
+        into `out` when given (a reused buffer: see `layers.decode_buffer`)."""
+        return self.dequantize_torch(packed, dtype, out=out)
 
 
 def _check_finite(rows: np.ndarray, what: str, fix: str) -> None:
@@ -246,7 +251,7 @@ class Q4_K(Codec):
     def decode_blocks_torch(self, blocks):
         return q4k_decode_blocks_torch(blocks)
 
-    def runtime_decode(self, packed, dtype):
+    def runtime_decode(self, packed, dtype, out=None):
         decoder = q4k.q4k_decoder(packed.device)
         if decoder == "triton":
             from squeezegen.quant.codecs.q4k_triton import dequantize_q4_k_triton
@@ -256,8 +261,8 @@ class Q4_K(Codec):
             from squeezegen.quant.codecs import q4k_native
 
             if q4k_native.supports(dtype):
-                return q4k_native.dequantize_q4_k_native(packed, dtype)
-        return self.dequantize_torch(packed, dtype)
+                return q4k_native.dequantize_q4_k_native(packed, dtype, out=out)
+        return self.dequantize_torch(packed, dtype, out=out)
 
 
 class Q5_K(_Affine):

@@ -6,10 +6,16 @@ input's dtype, restores the true shape and calls F.linear / F.conv2d. diffusers'
 loader only swaps nn.Linear, so the conv variant (and Q4_K convs stored as rows of 256) is ours.
 
 Each forward decodes through the codec registry's `runtime_decode`: the torch decode on any
-device, or a type's fused kernel where it has one (Q4_K on CUDA: `codecs/q4k_triton.py`).
+device, or a type's fused kernel where it has one (Q4_K: `codecs/q4k_triton.py` on CUDA,
+`codecs/q4k_native.py` on a CPU). On a CPU, without autograd, every layer decodes into one
+reused buffer (`decode_buffer`): a fresh tensor per layer and forward costs more than the
+decode itself there (allocations above glibc's mmap threshold are new pages each time, every
+one a page fault).
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -22,16 +28,36 @@ FLOAT_QTYPES = (GGMLQuantizationType.F16, GGMLQuantizationType.F32)
 
 
 def dequantize_torch(
-    packed: torch.Tensor, qtype: GGMLQuantizationType, shape: torch.Size | tuple[int, ...], dtype: torch.dtype
+    packed: torch.Tensor, qtype: GGMLQuantizationType, shape: torch.Size | tuple[int, ...], dtype: torch.dtype,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Decode a stored GGUF tensor (uint8 bytes, or floats for F16/F32) to `dtype` of `shape`."""
+    """Decode a stored GGUF tensor (uint8 bytes, or floats for F16/F32) to `dtype` of `shape`,
+    into `out` (contiguous, as many elements) when given and the type is a quantized one."""
     if qtype in FLOAT_QTYPES:
         weight = packed.to(dtype)
     elif qtype in CODECS:
-        weight = CODECS[qtype].runtime_decode(packed, dtype)
+        weight = CODECS[qtype].runtime_decode(packed, dtype, out=out)
     else:
         raise NotImplementedError(f"no torch decoder for GGUF type {qtype.name}")
     return weight.reshape(shape)
+
+
+class _Buffers(threading.local):
+    def __init__(self) -> None:
+        self.by_dtype: dict[torch.dtype, torch.Tensor] = {}
+
+
+_BUFFERS = _Buffers()
+
+
+def decode_buffer(n_elements: int, dtype: torch.dtype) -> torch.Tensor:
+    """A flat CPU tensor of `n_elements`, shared by every layer's decode in this thread (grown to
+    the largest weight seen: SD 1.5's is 29.5 M weights). Whatever it holds is overwritten by the
+    next decode, so only a forward, which consumes its weight at once, may use it."""
+    buffer = _BUFFERS.by_dtype.get(dtype)
+    if buffer is None or buffer.numel() < n_elements:
+        buffer = _BUFFERS.by_dtype[dtype] = torch.empty(n_elements, dtype=dtype)
+    return buffer[:n_elements]
 
 
 class GGUFWeightModule(nn.Module):
@@ -54,9 +80,14 @@ class GGUFWeightModule(nn.Module):
         else:
             self.bias = nn.Parameter(bias, requires_grad=False)
 
-    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        """The weight decoded to `dtype`, in its true shape."""
-        return dequantize_torch(self.weight, self.qtype, self.weight_shape, dtype)
+    def dequantized_weight(self, dtype: torch.dtype, *, reuse_buffer: bool = False) -> torch.Tensor:
+        """The weight decoded to `dtype`, in its true shape. `reuse_buffer`: into `decode_buffer`
+        when that is safe (a quantized CPU weight, no autograd); only for immediate use."""
+        out = None
+        if (reuse_buffer and self.weight.device.type == "cpu" and self.qtype in CODECS
+                and not torch.is_grad_enabled()):
+            out = decode_buffer(self.weight_shape.numel(), dtype)
+        return dequantize_torch(self.weight, self.qtype, self.weight_shape, dtype, out=out)
 
     def _bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         return None if self.bias is None else self.bias.to(dtype)
@@ -84,7 +115,7 @@ class GGUFLinear(GGUFWeightModule):
         return self.weight_shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.dequantized_weight(x.dtype)  # [out, in]
+        weight = self.dequantized_weight(x.dtype, reuse_buffer=True)  # [out, in]
         return F.linear(x, weight, self._bias(x.dtype))  # [..., out]
 
 
@@ -124,7 +155,7 @@ class GGUFConv2d(GGUFWeightModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.dequantized_weight(x.dtype)  # [out, in/groups, kh, kw]
+        weight = self.dequantized_weight(x.dtype, reuse_buffer=True)  # [out, in/groups, kh, kw]
         padding = self.padding
         if self.padding_mode != "zeros":  # as nn.Conv2d does: pad explicitly, then convolve unpadded
             ph, pw = self.padding
