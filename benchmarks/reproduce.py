@@ -1,5 +1,6 @@
-"""Reproduction check: a clean clone of HEAD, `dvc repro`, and every output and figure compared
-with the committed `dvc.lock` and `metrics/`.
+"""Reproduction check: a clean clone of HEAD, `dvc repro`, every output and figure against the commit's.
+
+The committed `dvc.lock` and `metrics/` are the reference.
 
     python benchmarks/reproduce.py [--keep] [--strict | --no-strict] [--rtol 0.05] [--out metrics/reproduce.json]
     python benchmarks/reproduce.py --against DIR [--reference DIR]   # compare a finished project folder, run nothing
@@ -279,8 +280,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--against", type=Path, help="a finished project folder to compare (nothing is run)")
     parser.add_argument("--reference", type=Path, default=ROOT,
                         help="with --against: the project holding the committed dvc.lock and metrics (default: this one)")
-    parser.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
-                        help="compare exactly (and run in strict mode); default: the committed repro.strict or SQUEEZEGEN_STRICT=1")
+    mode = parser.add_mutually_exclusive_group()  # neither: the committed repro.strict, or SQUEEZEGEN_STRICT=1
+    mode.add_argument("--strict", dest="strict", action="store_const", const=True, default=None,
+                      help="run in strict mode and compare exactly")
+    mode.add_argument("--no-strict", dest="strict", action="store_const", const=False,
+                      help="compare with the default-mode rules (interval, tolerance)")
     parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="relative tolerance outside strict mode")
     parser.add_argument("--keep", action="store_true", help="keep the clone (its path is printed)")
     parser.add_argument("--out", type=Path, default=ROOT / "metrics/reproduce.json", help="where to write the result")
