@@ -123,6 +123,12 @@ def test_too_late_and_bad_values_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="SQUEEZEGEN_STRICT='yes': set it to 1"):
         strict.apply(params)
     monkeypatch.setenv(strict.ENV, "0")
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx fma\n")
+    assert not strict.cpu_has_avx2(tmp_path / "cpuinfo")
+    monkeypatch.setattr(strict, "cpu_has_avx2", lambda: False)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    with pytest.raises(UserError, match="AVX2, which this CPU lacks"):
+        strict.apply(params)
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     with pytest.raises(UserError, match="this machine is aarch64"):
         strict.apply(params)

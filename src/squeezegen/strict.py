@@ -69,6 +69,16 @@ def active() -> bool:
     return os.environ.get(ENV) == "1"
 
 
+def cpu_has_avx2(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU reports AVX2 (True where /proc/cpuinfo cannot be read: not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return True
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return "avx2" in flags.split()
+
+
 def _read_params(path: Path) -> dict:
     """params.yaml's raw mapping, or {} when it is missing or unreadable (the stage's own config
     loading then reports that with its usual message)."""
@@ -105,6 +115,9 @@ def apply(params: str | Path = "params.yaml", profile: str | None = None) -> boo
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise UserError(f"strict mode pins x86-64 instruction sets (AVX2); this machine is {platform.machine()}: "
                         "set repro.strict: false (or unset SQUEEZEGEN_STRICT)")
+    if not cpu_has_avx2():
+        raise UserError("strict mode pins every kernel to AVX2, which this CPU lacks: set repro.strict: false "
+                        "(or unset SQUEEZEGEN_STRICT)")
     loaded = [name for name in _LOADS_TOO_EARLY if name in sys.modules]
     if loaded:
         raise RuntimeError(f"strict mode must be applied before {' and '.join(loaded)} is imported (the settings are "
