@@ -101,8 +101,9 @@ def requested(params: str | Path = "params.yaml") -> bool:
 def apply(params: str | Path = "params.yaml", profile: str | None = None) -> bool:
     """Turn strict mode on for this process if it is requested; True when it is on.
 
-    Must run before numpy or torch is imported; imports torch itself at the end to set its
-    run-time switches before any kernel runs.
+    Must run before numpy or torch is imported (stage scripts run it first thing); called later,
+    it says so and leaves the run unpinned. Imports torch itself at the end to set its run-time
+    switches before any kernel runs.
     """
     if not requested(params):
         return False
@@ -119,9 +120,10 @@ def apply(params: str | Path = "params.yaml", profile: str | None = None) -> boo
         raise UserError("strict mode pins every kernel to AVX2, which this CPU lacks: set repro.strict: false "
                         "(or unset SQUEEZEGEN_STRICT)")
     loaded = [name for name in _LOADS_TOO_EARLY if name in sys.modules]
-    if loaded:
-        raise RuntimeError(f"strict mode must be applied before {' and '.join(loaded)} is imported (the settings are "
-                           "read when the libraries load): call squeezegen.strict.apply() first")
+    if loaded:  # a stage called inside a process that already computes (a test, a notebook): it cannot be pinned
+        print(f"strict mode: off for this run: {' and '.join(loaded)} loaded before it could pin them; run the stage "
+              "as its own process (python stages/<stage>.py, squeezegen <stage>) for a strict run", file=sys.stderr)
+        return False
     repro = raw.get("repro") if isinstance(raw.get("repro"), dict) else {}
     threads = repro.get("threads", DEFAULT_THREADS)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
