@@ -31,6 +31,7 @@ from numpy._core._multiarray_umath import __cpu_features__
 a = torch.randn(64, 64)
 a @ a                      # one MKL sgemm: MKL_VERBOSE logs its CNR branch and thread count
 torch.randn(2, 2).to_mkldnn()  # one oneDNN reorder: ONEDNN_VERBOSE logs the ISA it dispatches to
+torch.nn.functional.conv2d(torch.randn(16, 8, 16, 16), torch.randn(8, 8, 3, 3))  # a batch torch sends to oneDNN when enabled
 print("PROBE " + json.dumps({
     "on": on, "loaded_before": loaded_before, "active": strict.active(),
     "threads": torch.get_num_threads(),
@@ -45,9 +46,9 @@ print("PROBE " + json.dumps({
 """
 
 
-def _write_params(tmp_path: Path, *, strict_on: bool, threads: int = 2, profile: str = "toy") -> Path:
+def _write_params(tmp_path: Path, *, strict_on: bool, threads: int = 2, onednn: bool = False, profile: str = "toy") -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["repro"] = {"strict": strict_on, "threads": threads}
+    raw["repro"] = {"strict": strict_on, "threads": threads, "onednn": onednn}
     raw["profile"] = profile
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -69,6 +70,10 @@ def _verbose(log: str, prefix: str) -> list[str]:
     return [line for line in log.splitlines() if line.startswith(prefix)]
 
 
+def _onednn_convolutions(log: str) -> list[str]:
+    return [line for line in _verbose(log, "onednn_verbose") if ",exec," in line and ",convolution," in line]
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="strict mode pins x86-64 ISAs")
 def test_strict_params_pin_every_library_before_its_first_kernel(tmp_path):
     report, log = _probe(_write_params(tmp_path, strict_on=True, threads=2))
@@ -80,25 +85,35 @@ def test_strict_params_pin_every_library_before_its_first_kernel(tmp_path):
     assert report["matmul_precision"] == "highest"
     assert report["cuda"] is False
     assert report["numpy_x86_v4"] is False
-    (sgemm,) = [line for line in _verbose(log, "MKL_VERBOSE SGEMM")]
-    assert "CNR:COMPATIBLE" in sgemm and "Dyn:0" in sgemm and "NThr:2" in sgemm, sgemm
+    sgemms = _verbose(log, "MKL_VERBOSE SGEMM")  # the matmul, then the convolution as im2col + one gemm per image
+    assert len(sgemms) == 17 and all("CNR:COMPATIBLE" in s and "Dyn:0" in s and "NThr:2" in s for s in sgemms), sgemms
     isa = [line for line in _verbose(log, "onednn_verbose") if ",isa:" in line]
     assert isa and isa[0].endswith("isa:Intel AVX2"), isa
-    assert "strict mode: 2 threads" in log
+    assert _onednn_convolutions(log) == []  # convolutions run in ATen + MKL, not oneDNN
+    assert "strict mode: 2 threads" in log and "oneDNN off" in log
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="strict mode pins x86-64 ISAs")
+def test_onednn_kept_for_convolutions_runs_avx2_kernels(tmp_path):
+    report, log = _probe(_write_params(tmp_path, strict_on=True, onednn=True))
+    assert report["on"] and report["mkldnn"] is True and report["capability"] == "AVX2"
+    (conv,) = _onednn_convolutions(log)
+    assert "avx2" in conv and "avx512" not in conv and "amx" not in conv, conv
+    assert "oneDNN AVX2" in log
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="strict mode pins x86-64 ISAs")
 def test_the_environment_variable_turns_it_on_and_the_thread_count_follows_the_params(tmp_path):
     report, log = _probe(_write_params(tmp_path, strict_on=False, threads=1), env={strict.ENV: "1"})
     assert report["on"] and report["threads"] == 1 and report["capability"] == "AVX2"
-    (sgemm,) = _verbose(log, "MKL_VERBOSE SGEMM")
-    assert "CNR:COMPATIBLE" in sgemm and "NThr:1" in sgemm, sgemm
+    sgemms = _verbose(log, "MKL_VERBOSE SGEMM")
+    assert sgemms and all("CNR:COMPATIBLE" in s and "NThr:1" in s for s in sgemms), sgemms
 
 
 def test_off_by_default_leaves_every_library_alone(tmp_path):
     report, log = _probe(_write_params(tmp_path, strict_on=False))
     assert not report["on"] and not report["active"]
-    assert report["deterministic"] is False and report["mkldnn"] is True
+    assert report["deterministic"] is False and report["mkldnn"] is True and len(_onednn_convolutions(log)) == 1
     (sgemm,) = _verbose(log, "MKL_VERBOSE SGEMM")
     assert "CNR:OFF" in sgemm, sgemm
     assert "strict mode" not in log

@@ -327,6 +327,7 @@ class ReproConfig:
 
     strict: bool = False
     threads: int = _range(1, 1024)
+    onednn: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

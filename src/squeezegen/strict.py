@@ -12,9 +12,10 @@ What differs between CPUs without it, and what pins it:
 - MKL (every fp32 matmul) picks kernels and blocking by CPU: its conditional numerical
   reproducibility, branch COMPATIBLE, the one branch MKL honours on both Intel and AMD CPUs
   (AVX2 falls back to AUTO on non-Intel CPUs, which differs between CPUs);
-- oneDNN (torch's convolutions) sizes its blocking by the CPU's caches and gives no result
-  guarantee across CPUs: switched off in torch, so convolutions run as ATen im2col + MKL gemm;
-  its ISA is also capped at AVX2 for anything that still reaches it (no AVX-512, AMX or bf16);
+- oneDNN (torch's convolutions) sizes its blocking by the CPU's L2 cache and promises equal
+  results only on the same CPU: off in torch by default (`repro.onednn: false`), so convolutions
+  run as ATen im2col + MKL gemm (2.5-6x slower to train); `repro.onednn: true` keeps it, capped
+  at AVX2 like anything else that reaches it (no AVX-512, AMX or bf16), at about 1.5x;
 - NNPACK picks kernels by CPU: off; fp32 matmuls stay in full fp32 (no bf16 / TF32);
 - numpy's AVX-512 kernels (SVML) round transcendental functions differently from its AVX2 and
   scalar ones: its X86_V4 targets are disabled; its OpenBLAS is held to the Haswell (AVX2) kernels;
@@ -125,22 +126,24 @@ def apply(params: str | Path = "params.yaml", profile: str | None = None) -> boo
               "as its own process (python stages/<stage>.py, squeezegen <stage>) for a strict run", file=sys.stderr)
         return False
     repro = raw.get("repro") if isinstance(raw.get("repro"), dict) else {}
-    threads = repro.get("threads", DEFAULT_THREADS)
+    threads, onednn = repro.get("threads", DEFAULT_THREADS), repro.get("onednn", False)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise UserError(f"repro.threads: must be an integer >= 1, got {threads!r}")
+    if not isinstance(onednn, bool):
+        raise UserError(f"repro.onednn: must be true or false, got {onednn!r}")
     os.environ.update(pinned_env(threads))
-    configure_torch(threads)
-    print(f"strict mode: {threads} threads, ATen {ATEN_CAPABILITY}, MKL CNR {MKL_BRANCH}, oneDNN off, CPU only",
-          file=sys.stderr)
+    configure_torch(threads, onednn=onednn)
+    print(f"strict mode: {threads} threads, ATen {ATEN_CAPABILITY}, MKL CNR {MKL_BRANCH}, "
+          f"oneDNN {ONEDNN_ISA if onednn else 'off'}, CPU only", file=sys.stderr)
     return True
 
 
-def configure_torch(threads: int) -> None:
+def configure_torch(threads: int, *, onednn: bool = False) -> None:
     """torch's run-time switches for strict mode (after `pinned_env` is in the environment)."""
     import torch
 
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
-    torch.backends.mkldnn.enabled = False  # convolutions through ATen + MKL CNR, not oneDNN's cache-sized blocking
+    torch.backends.mkldnn.enabled = onednn  # off: convolutions through ATen + MKL CNR, not oneDNN's cache-sized blocking
     torch.backends.nnpack.set_flags(False)
     torch.set_float32_matmul_precision("highest")  # fp32 matmuls in fp32: no bf16 / TF32 shortcut
