@@ -1,5 +1,6 @@
 # Two commands do all the set-up:  `make repro` (run the pipeline) and `make test` (run the tests).
 # Both create .venv if there is none and install exactly the lock file into it first.
+# `make verify` checks that a clean clone reproduces the committed dvc.lock and metrics (CI runs it).
 # `make lock` regenerates requirements.lock from pyproject.toml (Python 3.11, Linux).
 PYTHON ?= python3.11
 VENV   := .venv
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 PIP_VERSION := 26.3
 
-.PHONY: repro test install lock determinism clean-venv
+.PHONY: repro test install lock determinism verify clean-venv
 
 $(STAMP): $(LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 2; }
@@ -35,6 +36,10 @@ test: $(STAMP)
 
 determinism: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/determinism.py
+
+# a clean clone of HEAD, `dvc repro`, every output and figure against the committed dvc.lock and metrics
+verify: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/reproduce.py
 
 clean-venv:
 	rm -rf $(VENV)

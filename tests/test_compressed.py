@@ -207,6 +207,9 @@ def test_cpu_dtype_auto_follows_the_cpu(monkeypatch):
         monkeypatch.setattr(device, "cpu_has_bf16", lambda: has_bf16)
         assert device.cpu_compute_dtype("auto") == expected
         assert device.cpu_compute_dtype("fp32") == torch.float32 and device.cpu_compute_dtype("bf16") == torch.bfloat16
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    monkeypatch.setenv("SQUEEZEGEN_STRICT", "1")  # strict mode keeps auto at fp32 even where bf16 is native
+    assert device.cpu_compute_dtype("auto") == torch.float32
 
 
 def test_bf16_on_a_cpu_runs_every_part_in_bf16_close_to_fp32_and_auto_without_bf16_is_fp32(files, runs, monkeypatch):

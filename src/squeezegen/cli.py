@@ -46,6 +46,9 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run_stage(stage: str, params: str, profile: Optional[str]) -> None:
+    from squeezegen import strict
+
+    strict.apply(params, profile)  # before the stage module imports numpy or torch
     module = importlib.import_module(f"squeezegen.stages.{stage}")
     metrics = module.main(params=params, profile=profile)
     if metrics:

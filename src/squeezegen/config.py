@@ -324,11 +324,21 @@ class PriorConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReproConfig:
+    """Every stage: strict mode (`squeezegen.strict` applies it before torch loads)."""
+
+    strict: bool = False
+    threads: int = _range(1, 1024)
+    onednn: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole resolved config; each stage reads its own sections."""
 
     profile: str
     seed: int = _range(0, 2**32 - 1)
+    repro: ReproConfig = None  # type: ignore[assignment]
     data: DataConfig = None  # type: ignore[assignment]
     sd: SDConfig = None  # type: ignore[assignment]
     pretrain: PretrainConfig = None  # type: ignore[assignment]

@@ -34,12 +34,15 @@ def cpuinfo_has_bf16(cpuinfo: str) -> bool:
 
 def cpu_compute_dtype(choice: CpuDtype) -> torch.dtype:
     """The dtype SD configurations compute in on a CPU: fp32, bf16, or auto = bf16 where the CPU
-    has native bf16 matmuls (`cpu_has_bf16`), else fp32."""
+    has native bf16 matmuls (`cpu_has_bf16`), else fp32; in strict mode auto is fp32 (bf16
+    kernels differ between CPUs)."""
     if choice == "fp32":
         return torch.float32
     if choice == "bf16":
         return torch.bfloat16
     if choice != "auto":
         raise ValueError(f"cpu dtype {choice!r}: choose fp32, bf16 or auto")
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    from squeezegen import strict
+
+    return torch.bfloat16 if cpu_has_bf16() and not strict.active() else torch.float32
 

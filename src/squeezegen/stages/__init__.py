@@ -10,12 +10,15 @@ import sys
 def run_stage_script(stage: str) -> None:
     """Entry point of `stages/<stage>.py`: run the stage; a UserError → one message, exit 2.
 
-    Whatever ends the stage early (an error, Ctrl-C, SIGTERM), the metrics files DVC deleted
-    before running it are put back as `dvc.lock` records them, so git sees no change."""
+    Strict mode (`squeezegen.strict`) is applied before the stage imports numpy or torch. Whatever
+    ends the stage early (an error, Ctrl-C, SIGTERM), the metrics files DVC deleted before running
+    it are put back as `dvc.lock` records them, so git sees no change."""
+    from squeezegen import strict
     from squeezegen.errors import UserError
 
-    module = importlib.import_module(f"squeezegen.stages.{stage}")
     try:
+        strict.apply()  # before the stage module imports numpy or torch
+        module = importlib.import_module(f"squeezegen.stages.{stage}")
         module.main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
