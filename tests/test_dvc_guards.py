@@ -36,6 +36,7 @@ def main():
     if how == "crash":
         raise RuntimeError("fake: a bug")
     if how == "ctrl_c":
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell may start jobs with SIGINT ignored
         os.kill(os.getpid(), signal.SIGINT)
     Path("metrics").mkdir(exist_ok=True)
     Path("metrics/fake.json").write_text(json.dumps({"value": how}))

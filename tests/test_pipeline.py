@@ -134,6 +134,8 @@ def test_each_mlflow_run_is_tagged_with_the_dvc_md5_of_its_deps_and_outs(toy):
         runs.setdefault(run_id, {})[key] = value
     by_stage = {tags["stage"]: tags for tags in runs.values() if "stage" in tags}
     for stage, expected in _lock_md5s(toy).items():
+        if stage == "check_params":  # a params check that trains nothing keeps no MLflow run
+            continue
         tags = by_stage[stage]
         got = {key.removeprefix("dvc."): value for key, value in tags.items() if key.startswith("dvc.")}
         assert got == expected, stage
