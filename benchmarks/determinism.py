@@ -30,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from squeezegen.dvc_outputs import declared_metrics as metric_files  # noqa: E402
 from squeezegen.files import atomic_write_json  # noqa: E402
 from squeezegen.metrics_files import PERF  # noqa: E402
 from squeezegen.tracking import flatten  # noqa: E402
@@ -69,12 +70,6 @@ def finish_repro(repo: Path, proc: subprocess.Popen, started: float) -> float:
     if proc.wait() != 0:
         raise SystemExit(f"dvc repro failed in {repo}:\n{(repo / 'repro.log').read_text()[-6000:]}")
     return time.perf_counter() - started
-
-
-def metric_files(repo: Path) -> list[str]:
-    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
-    return sorted(next(iter(e)) if isinstance(e, dict) else e
-                  for stage in spec["stages"].values() for e in stage.get("metrics", []))
 
 
 def lock_outs(repo: Path) -> dict[str, str]:

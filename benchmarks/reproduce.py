@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from squeezegen import strict  # noqa: E402
+from squeezegen.dvc_outputs import declared_metrics as metric_files  # noqa: E402
 from squeezegen.files import atomic_write_json  # noqa: E402
 from squeezegen.metrics_files import PERF  # noqa: E402
 
@@ -66,13 +67,6 @@ COMMITTED = ("dvc.yaml", "dvc.lock", "params.yaml")
 
 
 # ----------------------------------------------------------------------------- reading a project
-
-
-def metric_files(project: Path) -> list[str]:
-    """The metrics files `dvc.yaml` declares (what `dvc repro` writes)."""
-    spec = yaml.safe_load((project / "dvc.yaml").read_text())
-    return sorted(next(iter(e)) if isinstance(e, dict) else e
-                  for stage in spec["stages"].values() for e in stage.get("metrics", []))
 
 
 def lock_outs(project: Path) -> dict[str, dict[str, str]]:

@@ -95,7 +95,7 @@ def sd_system_info() -> str:
     try:
         from stable_diffusion_cpp import stable_diffusion_cpp as lib
 
-        return lib.sd_get_system_info().decode().strip()
+        return " ".join(lib.sd_get_system_info().decode().split())  # one line: the result keeps a single log line
     except Exception as err:  # older bindings lack the call; the run goes on without it
         return f"unavailable ({type(err).__name__})"
 

@@ -45,6 +45,12 @@ def _stages(root: Path, file: str) -> dict[str, Any]:
     return _read_yaml(root / file).get("stages") or {}
 
 
+def declared_metrics(root: str | Path) -> list[str]:
+    """The metrics files the project's `dvc.yaml` declares, sorted (what `dvc repro` writes)."""
+    return sorted(next(iter(e)) if isinstance(e, Mapping) else e
+                  for spec in _stages(Path(root), "dvc.yaml").values() for e in spec.get("metrics") or [])
+
+
 def uncached_outs(spec: Mapping[str, Any]) -> list[str]:
     """The outputs a stage's `dvc.yaml` entry marks `cache: false` (its metrics and plots files)."""
     found = []
